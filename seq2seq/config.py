@@ -1,0 +1,243 @@
+"""Experiment configuration: one dataclass per section, with every default in one place.
+
+A YAML file names only the keys it changes; ``load_config`` fills in the rest, applies
+``--set section.key=value`` overrides, and rejects unknown keys, wrong types and impossible
+values with the key's dotted path. The resolved config is saved into the model directory
+(``config.yaml``) so that the directory alone is enough to translate, export or resume.
+"""
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from seq2seq.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    train_source: str = "data/multi30k/train.de"
+    train_target: str = "data/multi30k/train.en"
+    valid_source: str = "data/multi30k/val.de"
+    valid_target: str = "data/multi30k/val.en"
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 8000
+    joint: bool = True  # one SentencePiece model for both sides, else one per side
+    model_type: str = "unigram"  # unigram | bpe | word | char (SentencePiece model types)
+    character_coverage: float = 1.0
+    max_sentences: int = 1_000_000  # SentencePiece trains on a random sample of at most this many lines
+
+
+@dataclass
+class ModelConfig:
+    cell: str = "gru"  # gru | lstm | rnn
+    embedding_dim: int = 256
+    units: int = 256
+    encoder_layers: int = 1
+    decoder_layers: int = 1
+    bidirectional: bool = True
+    attention: str = "bahdanau"
+    attention_units: typing.Optional[int] = None  # defaults to `units`
+    input_feeding: bool = True  # feed the previous attentional vector into the decoder
+    dropout: float = 0.3
+
+
+@dataclass
+class TrainingConfig:
+    batch_tokens: int = 4096  # target tokens per batch (padding included)
+    max_length: int = 100  # pairs with more tokens on either side are dropped
+    epochs: int = 20
+    max_steps: typing.Optional[int] = None
+    learning_rate: float = 0.001
+    clip_norm: float = 1.0
+    label_smoothing: float = 0.1
+    validate_every: int = 500  # steps
+    patience: int = 5  # validations without a better BLEU before stopping
+    keep_checkpoints: int = 3
+    shuffle_buffer: int = 100_000  # sentence pairs
+    log_every: int = 50  # steps between progress lines in train.log
+    seed: int = 1234
+
+
+@dataclass
+class TranslateConfig:
+    beam_size: int = 5
+    length_penalty: float = 0.6
+    max_length_ratio: float = 2.0
+    batch_size: int = 64  # sentences
+    min_output_length: int = 10  # the decoding limit is max(min_output_length, ratio * source length)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    translate: TranslateConfig = field(default_factory=TranslateConfig)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    "tokenizer.model_type": ("unigram", "bpe", "word", "char"),
+    "model.cell": ("gru", "lstm", "rnn"),
+    "model.attention": ("bahdanau",),
+}
+
+
+def _check_type(path, value, annotation):
+    """Returns ``value`` converted to ``annotation`` or raises a ConfigError naming ``path``."""
+    optional = typing.get_origin(annotation) is typing.Union
+    if optional:
+        if value is None:
+            return None
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    expected = annotation.__name__ + (" or null" if optional else "")
+    raise ConfigError(f"config key {path}: expected {expected}, got {value!r}")
+
+
+def _build(cls, values, prefix):
+    if not isinstance(values, dict):
+        raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'}: expected a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        path = prefix + str(key)
+        if key not in fields:
+            raise ConfigError(f"unknown config key {path} (known keys: {', '.join(sorted(fields))})")
+        annotation = typing.get_type_hints(cls)[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = _build(annotation, value if value is not None else {}, path + ".")
+        else:
+            kwargs[key] = _check_type(path, value, annotation)
+    return cls(**kwargs)
+
+
+def _validate(config):
+    def require(condition, path, message):
+        if not condition:
+            value = config
+            for part in path.split("."):
+                value = getattr(value, part)
+            raise ConfigError(f"config key {path}: {message}, got {value!r}")
+
+    for path, choices in _CHOICES.items():
+        section, key = path.split(".")
+        require(getattr(getattr(config, section), key) in choices, path, f"must be one of {', '.join(choices)}")
+    t, m, tr, tl = config.tokenizer, config.model, config.training, config.translate
+    require(t.vocab_size >= 16, "tokenizer.vocab_size", "must be at least 16")
+    require(0 < t.character_coverage <= 1, "tokenizer.character_coverage", "must be in (0, 1]")
+    require(t.max_sentences > 0, "tokenizer.max_sentences", "must be positive")
+    for key in ("embedding_dim", "units", "encoder_layers", "decoder_layers"):
+        require(getattr(m, key) > 0, f"model.{key}", "must be positive")
+    require(m.attention_units is None or m.attention_units > 0, "model.attention_units", "must be positive")
+    require(0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)")
+    for key in ("batch_tokens", "max_length", "epochs", "validate_every", "patience", "keep_checkpoints",
+                "shuffle_buffer", "log_every"):
+        require(getattr(tr, key) > 0, f"training.{key}", "must be positive")
+    require(tr.max_steps is None or tr.max_steps > 0, "training.max_steps", "must be positive or null")
+    require(tr.learning_rate > 0, "training.learning_rate", "must be positive")
+    require(tr.clip_norm > 0, "training.clip_norm", "must be positive")
+    require(0 <= tr.label_smoothing < 1, "training.label_smoothing", "must be in [0, 1)")
+    require(tr.batch_tokens >= tr.max_length + 1, "training.batch_tokens",
+            f"must hold at least one sentence of training.max_length + 1 = {tr.max_length + 1} tokens")
+    require(tl.beam_size > 0, "translate.beam_size", "must be positive")
+    require(tl.length_penalty >= 0, "translate.length_penalty", "must be non-negative")
+    require(tl.max_length_ratio > 0, "translate.max_length_ratio", "must be positive")
+    require(tl.batch_size > 0, "translate.batch_size", "must be positive")
+    require(tl.min_output_length > 0, "translate.min_output_length", "must be positive")
+
+
+def parse_override(text):
+    """Parses ``section.key=value`` (the value in YAML syntax) into ``(["section", "key"], value)``."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, for example training.max_steps=200")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(values, overrides):
+    """Applies ``--set`` overrides to a nested dict of config values, in place."""
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    for text in overrides:
+        parts, value = parse_override(text)
+        path = ".".join(parts)
+        if len(parts) != 2 or parts[0] not in sections:
+            raise ConfigError(f"--set {path}: unknown config key (expected SECTION.KEY with SECTION one of "
+                              f"{', '.join(sections)})")
+        section_fields = {f.name for f in dataclasses.fields(typing.get_type_hints(Config)[parts[0]])}
+        if parts[1] not in section_fields:
+            raise ConfigError(f"--set {path}: unknown config key (known keys of {parts[0]}: "
+                              f"{', '.join(sorted(section_fields))})")
+        section = values.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"config key {parts[0]}: expected a mapping, got {section!r}")
+        section[parts[1]] = value
+    return values
+
+
+def config_from_dict(values, overrides=()):
+    """Builds a validated Config from nested dict ``values`` and ``--set`` ``overrides``."""
+    values = apply_overrides(dict(values or {}), overrides)
+    config = _build(Config, values, "")
+    _validate(config)
+    return config
+
+
+def read_yaml(path):
+    """Reads a YAML mapping from ``path``; a missing or malformed file is a ConfigError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config file ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise ConfigError(f"{where}: invalid YAML ({getattr(error, 'problem', error)})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(values).__name__}")
+    return values
+
+
+def load_config(path, overrides=()):
+    """Loads the YAML config at ``path`` with ``--set`` ``overrides`` applied, validated."""
+    try:
+        return config_from_dict(read_yaml(path), overrides)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def save_config(config, path):
+    """Writes the fully resolved ``config`` to ``path`` as YAML (atomically)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+    os.replace(tmp, path)

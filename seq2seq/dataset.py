@@ -1,0 +1,210 @@
+"""Parallel corpora to batches: check the files, encode, filter, bucket by length, batch by tokens.
+
+A training example is a pair of int32 id vectors ``(source, target)``: ``source`` is
+``pieces + [EOS]``, ``target`` is ``pieces + [EOS]``. Batches are padded with PAD_ID (0) to the
+longest example in the batch; ``decoder_inputs`` turns a target batch into the decoder's input.
+Files are streamed (never held in memory whole) and encoded in chunks with SentencePiece.
+"""
+
+import itertools
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from seq2seq.errors import DataError
+from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+CHUNK_LINES = 2048  # lines encoded per SentencePiece call
+
+
+def _open_lines(path):
+    """Yields ``(line_number, text)`` of a UTF-8 text file, with a DataError for any problem."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, expected a text file")
+    try:
+        f = open(path, "rb")
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    with f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path}:{number}: invalid UTF-8 at byte {error.start}") from None
+
+
+def count_lines(path):
+    """Returns the number of lines of ``path`` (a last line without newline counts)."""
+    count = 0
+    for count, _ in _open_lines(path):
+        pass
+    return count
+
+
+def check_parallel(source_path, target_path):
+    """Checks that both files exist, are UTF-8 and have the same number of lines; returns it."""
+    n_source, n_target = count_lines(source_path), count_lines(target_path)
+    if n_source != n_target:
+        raise DataError(f"{source_path} has {n_source} lines but {target_path} has {n_target}: "
+                        "a parallel corpus needs one target line per source line")
+    if n_source == 0:
+        raise DataError(f"{source_path}: empty corpus")
+    return n_source
+
+
+def read_parallel(source_path, target_path):
+    """Yields ``(line_number, source_text, target_text)`` of two line-aligned files."""
+    for (number, source), (_, target) in zip(_open_lines(source_path), _open_lines(target_path)):
+        yield number, source, target
+
+
+@dataclass
+class CorpusStats:
+    """What happened to the lines of a corpus in one pass."""
+
+    lines: int = 0
+    pairs: int = 0
+    empty: int = 0  # an empty or whitespace-only side: skipped
+    too_long: int = 0  # more than max_length tokens on a side: skipped
+    source_tokens: int = 0
+    target_tokens: int = 0
+
+    def describe(self):
+        return (f"{self.pairs} pairs kept of {self.lines} lines ({self.empty} empty, {self.too_long} "
+                f"longer than the length limit); {self.source_tokens} source and {self.target_tokens} "
+                "target tokens")
+
+
+def encoded_pairs(source_path, target_path, tokenizer, max_length, stats=None):
+    """Yields encoded ``(source_ids, target_ids)`` numpy pairs, skipping empty and too-long ones.
+
+    Lengths count EOS. ``stats`` (a CorpusStats), if given, is updated as lines are read.
+    """
+    stats = stats if stats is not None else CorpusStats()
+    pairs = read_parallel(source_path, target_path)
+    while True:
+        chunk = list(itertools.islice(pairs, CHUNK_LINES))
+        if not chunk:
+            return
+        stats.lines += len(chunk)
+        kept = [(s, t) for _, s, t in chunk if s.strip() and t.strip()]
+        stats.empty += len(chunk) - len(kept)
+        if not kept:
+            continue
+        sources = tokenizer.encode_source([s for s, _ in kept])
+        targets = tokenizer.encode_target([t for _, t in kept])
+        for source, target in zip(sources, targets):
+            target = target + [EOS_ID]
+            if len(source) > max_length or len(target) > max_length:
+                stats.too_long += 1
+                continue
+            stats.pairs += 1
+            stats.source_tokens += len(source)
+            stats.target_tokens += len(target)
+            yield np.asarray(source, np.int32), np.asarray(target, np.int32)
+
+
+def bucket_boundaries(max_length):
+    """Upper length bounds (exclusive) of the length buckets: about 10% apart, from 8 up."""
+    boundaries, bound = [], 8
+    while bound <= max_length:
+        boundaries.append(bound)
+        bound = max(bound + 4, int(bound * 1.1))
+    return boundaries
+
+
+def bucket_batch_sizes(boundaries, batch_tokens, max_length):
+    """Sentences per batch for each bucket so that a padded batch holds at most ``batch_tokens``."""
+    longest = [b - 1 for b in boundaries] + [max_length]
+    return [max(1, batch_tokens // n) for n in longest]
+
+
+def _example_length(source, target):
+    return tf.maximum(tf.shape(source)[0], tf.shape(target)[0])
+
+
+def training_dataset(source_path, target_path, tokenizer, training_config, epoch, stats=None):
+    """One epoch of shuffled, length-bucketed, token-batched ``(source, target)`` batches.
+
+    Returns a tf.data.Dataset of ``(source [batch, src_len], target [batch, tgt_len])`` int32
+    batches padded with PAD_ID. Shuffling is seeded by ``training.seed`` and ``epoch``, so a
+    resumed run sees the same order for the same epoch.
+    """
+    cfg = training_config
+    signature = (tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32))
+    dataset = tf.data.Dataset.from_generator(
+        lambda: encoded_pairs(source_path, target_path, tokenizer, cfg.max_length, stats),
+        output_signature=signature)
+    dataset = dataset.shuffle(cfg.shuffle_buffer, seed=cfg.seed + epoch, reshuffle_each_iteration=False)
+    boundaries = bucket_boundaries(cfg.max_length)
+    dataset = dataset.bucket_by_sequence_length(
+        _example_length, boundaries, bucket_batch_sizes(boundaries, cfg.batch_tokens, cfg.max_length),
+        padded_shapes=([None], [None]), padding_values=(PAD_ID, PAD_ID))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def estimate_batches(source_path, target_path, tokenizer, training_config):
+    """Counts the pairs a training epoch keeps and the batches it makes; returns (stats, batches)."""
+    cfg = training_config
+    boundaries = bucket_boundaries(cfg.max_length)
+    sizes = bucket_batch_sizes(boundaries, cfg.batch_tokens, cfg.max_length)
+    per_bucket = [0] * len(sizes)
+    stats = CorpusStats()
+    for source, target in encoded_pairs(source_path, target_path, tokenizer, cfg.max_length, stats):
+        length = max(len(source), len(target))
+        per_bucket[sum(length >= b for b in boundaries)] += 1
+    return stats, sum(math.ceil(n / size) for n, size in zip(per_bucket, sizes))
+
+
+def evaluation_batches(source_path, target_path, tokenizer, max_length, batch_tokens):
+    """Validation batches for the loss: every non-empty pair, truncated to ``max_length``.
+
+    Returns a list of ``(source, target)`` padded int32 numpy batches, sorted by length.
+    """
+    pairs = []
+    for _, source, target in read_parallel(source_path, target_path):
+        if source.strip() and target.strip():
+            pairs.append((source, target))
+    sources = tokenizer.encode_source([s for s, _ in pairs])
+    targets = [t + [EOS_ID] for t in tokenizer.encode_target([t for _, t in pairs])]
+    examples = sorted(((s[:max_length], t[:max_length]) for s, t in zip(sources, targets)),
+                      key=lambda p: max(len(p[0]), len(p[1])))
+    batches, start = [], 0
+    while start < len(examples):
+        longest = max(len(examples[start][0]), len(examples[start][1]))
+        end = start
+        while end < len(examples):
+            longest = max(longest, len(examples[end][0]), len(examples[end][1]))
+            if (end - start + 1) * longest > batch_tokens and end > start:
+                break
+            end += 1
+        chunk = examples[start:end]
+        batches.append((pad([s for s, _ in chunk]), pad([t for _, t in chunk])))
+        start = end
+    return batches
+
+
+def pad(sequences, length=None):
+    """Pads id lists with PAD_ID into an int32 array [len(sequences), length or longest]."""
+    length = length or max((len(s) for s in sequences), default=0)
+    out = np.full((len(sequences), length), PAD_ID, np.int32)
+    for i, seq in enumerate(sequences):
+        out[i, : len(seq)] = seq[:length]
+    return out
+
+
+def decoder_inputs(target):
+    """Teacher-forcing decoder inputs: ``[BOS] + target[:-1]`` per row.
+
+    Args:
+      target: int32 [batch, tgt_len], pieces + EOS, padded with PAD_ID.
+    Returns:
+      int32 [batch, tgt_len]. Positions whose target is padding are masked by the loss.
+    """
+    bos = tf.fill([tf.shape(target)[0], 1], tf.constant(BOS_ID, target.dtype))
+    return tf.concat([bos, target[:, :-1]], axis=1)

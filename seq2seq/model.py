@@ -1,0 +1,318 @@
+"""The recurrent encoder-decoder with Bahdanau attention, as Keras 3 layers that serialize.
+
+    source ids ─► Encoder ─► memory (values, projected keys, mask) ──┐
+                     └─► bridge ─► initial decoder state             │
+    target ids ─► Decoder: embedding ─► RNN stack ─► attention ◄─────┘
+                                 ▲          └─► attentional vector ─► logits
+                                 └── previous attentional vector (input feeding)
+
+The decoder follows Luong et al. (2015) in its data flow (the top RNN layer's output queries
+the attention; ``tanh(W [h; context])`` is the attentional vector that feeds the output layer
+and, with input feeding, the next step's input) and Bahdanau et al. (2015, §A.1.2) in its
+scoring function, ``score(q, k) = vᵀ tanh(W₁ q + W₂ k)``. It is the architecture of JoeyNMT's
+recurrent decoder.
+
+Without input feeding every recurrent layer runs as one Keras RNN layer over the whole
+sequence (the fused cuDNN kernel on GPU). With input feeding the decoder runs step by step,
+through the same cells and the same ``step`` function that search uses.
+"""
+
+import keras
+import tensorflow as tf
+
+from seq2seq.tokenizer import PAD_ID
+
+_RNN_LAYERS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM, "rnn": keras.layers.SimpleRNN}
+
+
+def _rnn_layer(cell, units, name):
+    return _RNN_LAYERS[cell](units, return_sequences=True, return_state=True, name=name)
+
+
+def _state_count(cell):
+    return 2 if cell == "lstm" else 1
+
+
+class BahdanauAttention(keras.layers.Layer):
+    """Additive attention: ``score(q, k) = vᵀ tanh(W₁ q + W₂ k)`` (Bahdanau et al., 2015, §A.1.2).
+
+    Keys are projected once per source batch (``project_keys``) and reused for every query.
+    """
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.query_projection = keras.layers.Dense(units, use_bias=False, name="query_projection")
+        self.key_projection = keras.layers.Dense(units, use_bias=True, name="key_projection")
+        self.energy = keras.layers.Dense(1, use_bias=False, name="energy")
+
+    def build(self, query_shape, keys_shape=None, values_shape=None, source_mask_shape=None):
+        self.query_projection.build(query_shape)
+        self.key_projection.build(values_shape)
+        self.energy.build(tuple(values_shape[:-1]) + (self.units,))
+        self.built = True
+
+    def project_keys(self, values):
+        """W₂ k for every source position. values: float [batch, src_len, value_dim] -> [batch, src_len, units]."""
+        return self.key_projection(values)
+
+    def call(self, query, keys, values, source_mask):
+        """Attends ``query`` over the source.
+
+        Args:
+          query: float [batch, tgt_len, query_dim], one query per target position.
+          keys: float [batch, src_len, units], from ``project_keys(values)``.
+          values: float [batch, src_len, value_dim], the encoder outputs.
+          source_mask: bool [batch, src_len], False at source padding.
+        Returns:
+          context: float [batch, tgt_len, value_dim], the weighted sum of ``values``.
+          weights: float [batch, tgt_len, src_len]; each row sums to 1 and is 0 at padding.
+        """
+        projected = self.query_projection(query)  # [batch, tgt_len, units]
+        hidden = tf.tanh(projected[:, :, None, :] + keys[:, None, :, :])  # [batch, tgt_len, src_len, units]
+        scores = tf.squeeze(self.energy(hidden), -1)  # [batch, tgt_len, src_len]
+        scores = tf.where(source_mask[:, None, :], scores, tf.cast(-1e9, scores.dtype))
+        weights = tf.nn.softmax(scores, axis=-1)
+        context = tf.matmul(weights, values)
+        return context, weights
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+class Encoder(keras.layers.Layer):
+    """Embedding, dropout, and a stack of (bidirectional) GRU/LSTM/RNN layers with dropout between."""
+
+    def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, bidirectional, dropout, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
+        self.num_layers, self.cell, self.bidirectional, self.dropout = num_layers, cell, bidirectional, dropout
+        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="embedding")
+        self.rnns = []
+        for i in range(num_layers):
+            layer = _RNN_LAYERS[cell](units, return_sequences=True, name=f"{cell}_{i}")
+            if bidirectional:
+                layer = keras.layers.Bidirectional(layer, merge_mode="concat", name=f"bi_{cell}_{i}")
+            self.rnns.append(layer)
+        self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
+
+    @property
+    def output_dim(self):
+        return self.units * (2 if self.bidirectional else 1)
+
+    def call(self, source, training=False):
+        """Encodes source ids.
+
+        Args:
+          source: int32 [batch, src_len], padded with PAD_ID (0).
+        Returns:
+          outputs: float [batch, src_len, output_dim], zero at padding.
+          mask: bool [batch, src_len], False at padding.
+        """
+        mask = tf.not_equal(source, PAD_ID)
+        x = self.dropouts[0](self.embedding(source), training=training)
+        for rnn, dropout in zip(self.rnns, self.dropouts[1:]):
+            x = dropout(rnn(x, mask=mask, training=training), training=training)
+        x = x * tf.cast(mask, x.dtype)[:, :, None]
+        return x, mask
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim,
+                "units": self.units, "num_layers": self.num_layers, "cell": self.cell,
+                "bidirectional": self.bidirectional, "dropout": self.dropout}
+
+
+class Decoder(keras.layers.Layer):
+    """Attentional recurrent decoder (see the module docstring for the data flow).
+
+    State between steps is a dict: ``rnn``, one list of state tensors per layer ([h] for GRU
+    and RNN, [h, c] for LSTM, each [batch, units]), and ``feed``, the previous attentional
+    vector [batch, units] (zeros at the first step).
+    """
+
+    def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, attention_units, input_feeding,
+                 dropout, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
+        self.num_layers, self.cell, self.attention_units = num_layers, cell, attention_units
+        self.input_feeding, self.dropout = input_feeding, dropout
+        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
+        self.rnns = [_rnn_layer(cell, units, f"{cell}_{i}") for i in range(num_layers)]
+        self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
+        self.attention = BahdanauAttention(attention_units, name="attention")
+        self.combine = keras.layers.Dense(units, activation="tanh", use_bias=False, name="combine")
+        self.output_dropout = keras.layers.Dropout(dropout, name="output_dropout")
+        self.output_projection = keras.layers.Dense(vocab_size, name="output_projection")
+
+    def build(self, target_shape, values_shape):
+        batch, value_dim = target_shape[0], values_shape[-1]
+        self.embedding.build(target_shape)
+        features = self.embedding_dim + (self.units if self.input_feeding else 0)
+        for rnn in self.rnns:
+            rnn.build((batch, None, features))
+            features = self.units
+        self.attention.build((batch, None, self.units), values_shape=values_shape)
+        self.combine.build((batch, None, self.units + value_dim))
+        self.output_projection.build((batch, None, self.units))
+        self.built = True
+
+    def _attend(self, outputs, memory):
+        """outputs: [batch, tgt_len, units] -> attentional vectors [batch, tgt_len, units], weights."""
+        context, weights = self.attention(outputs, memory["keys"], memory["values"], memory["mask"])
+        return self.combine(tf.concat([outputs, context], axis=-1)), weights
+
+    def logits(self, attentional, training=False):
+        """attentional: [..., units] -> float32 logits [..., vocab_size]."""
+        return self.output_projection(self.output_dropout(attentional, training=training))
+
+    def step(self, token, state, memory, training=False):
+        """One decoding step.
+
+        Args:
+          token: int32 [batch], the previous target token (BOS at the first step).
+          state: the decoder state (see the class docstring).
+          memory: dict of ``values`` [batch, src_len, value_dim], ``keys`` [batch, src_len,
+            attention_units], ``mask`` bool [batch, src_len].
+        Returns:
+          attentional: float [batch, units], the input of ``logits``.
+          state: the new decoder state.
+          weights: float [batch, src_len], the attention over the source.
+        """
+        x = self.dropouts[0](self.embedding(token), training=training)
+        if self.input_feeding:
+            x = tf.concat([x, state["feed"]], axis=-1)
+        new_rnn_state = []
+        for rnn, dropout, layer_state in zip(self.rnns, self.dropouts[1:], state["rnn"]):
+            x, cell_state = rnn.cell(x, list(layer_state), training=training)
+            new_rnn_state.append(list(cell_state))
+            x = dropout(x, training=training)
+        attentional, weights = self._attend(x[:, None, :], memory)
+        attentional, weights = attentional[:, 0], weights[:, 0]
+        return attentional, {"rnn": new_rnn_state, "feed": attentional}, weights
+
+    def call(self, target_in, state, memory, training=False):
+        """Teacher-forced decoding of a whole target sequence.
+
+        Args:
+          target_in: int32 [batch, tgt_len], ``[BOS] + target[:-1]``.
+          state: the initial decoder state (from ``Seq2Seq.initial_state``).
+          memory: as in ``step``.
+        Returns:
+          attentional: float [batch, tgt_len, units].
+          weights: float [batch, tgt_len, src_len].
+        """
+        if self.input_feeding:
+            return self._call_stepwise(target_in, state, memory, training)
+        x = self.dropouts[0](self.embedding(target_in), training=training)
+        for rnn, dropout, layer_state in zip(self.rnns, self.dropouts[1:], state["rnn"]):
+            x, *_ = rnn(x, initial_state=list(layer_state), training=training)
+            x = dropout(x, training=training)
+        return self._attend(x, memory)
+
+    def _call_stepwise(self, target_in, state, memory, training):
+        steps = tf.shape(target_in)[1]
+        tokens = tf.transpose(target_in)  # [tgt_len, batch]
+        outputs = tf.TensorArray(self.compute_dtype, size=steps)
+        weights = tf.TensorArray(self.compute_dtype, size=steps)
+
+        def body(t, state, outputs, weights):
+            attentional, state, w = self.step(tokens[t], state, memory, training=training)
+            return t + 1, state, outputs.write(t, attentional), weights.write(t, w)
+
+        _, _, outputs, weights = tf.while_loop(
+            lambda t, *_: t < steps, body, (tf.constant(0), state, outputs, weights))
+        return tf.transpose(outputs.stack(), [1, 0, 2]), tf.transpose(weights.stack(), [1, 0, 2])
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim,
+                "units": self.units, "num_layers": self.num_layers, "cell": self.cell,
+                "attention_units": self.attention_units, "input_feeding": self.input_feeding,
+                "dropout": self.dropout}
+
+
+class Seq2Seq(keras.Model):
+    """Encoder, bridge and decoder. ``call((source, target_in))`` returns logits for training;
+    ``encode``, ``initial_state`` and ``decode_step`` are what search uses."""
+
+    def __init__(self, source_vocab_size, target_vocab_size, embedding_dim=256, units=256, encoder_layers=1,
+                 decoder_layers=1, cell="gru", bidirectional=True, attention_units=None, input_feeding=True,
+                 dropout=0.3, **kwargs):
+        super().__init__(**kwargs)
+        self.settings = dict(
+            source_vocab_size=source_vocab_size, target_vocab_size=target_vocab_size,
+            embedding_dim=embedding_dim, units=units, encoder_layers=encoder_layers,
+            decoder_layers=decoder_layers, cell=cell, bidirectional=bidirectional,
+            attention_units=attention_units, input_feeding=input_feeding, dropout=dropout)
+        self.cell_type, self.units, self.decoder_layers = cell, units, decoder_layers
+        self.encoder = Encoder(source_vocab_size, embedding_dim, units, encoder_layers, cell, bidirectional,
+                               dropout, name="encoder")
+        self.decoder = Decoder(target_vocab_size, embedding_dim, units, decoder_layers, cell,
+                               attention_units or units, input_feeding, dropout, name="decoder")
+        # Bridge (Nematus): each decoder layer's initial h = tanh(W · mean of the encoder outputs).
+        self.bridge = keras.layers.Dense(units * decoder_layers, activation="tanh", name="bridge")
+
+    @classmethod
+    def from_config_section(cls, model_config, source_vocab_size, target_vocab_size):
+        """Builds the model described by a ``ModelConfig`` and builds its weights."""
+        c = model_config
+        model = cls(source_vocab_size, target_vocab_size, embedding_dim=c.embedding_dim, units=c.units,
+                    encoder_layers=c.encoder_layers, decoder_layers=c.decoder_layers, cell=c.cell,
+                    bidirectional=c.bidirectional, attention_units=c.attention_units,
+                    input_feeding=c.input_feeding, dropout=c.dropout)
+        model.build_weights()
+        return model
+
+    def build_weights(self):
+        """Creates every weight by running one tiny batch through the model."""
+        source = tf.constant([[4, 3]], tf.int32)
+        self((source, tf.constant([[2, 4]], tf.int32)))
+        memory, state = self.encode(source)
+        self.decode_step(tf.constant([2], tf.int32), state, memory)
+
+    def encode(self, source, training=False):
+        """Encodes the source once for decoding.
+
+        Args:
+          source: int32 [batch, src_len], each row ``pieces + [EOS]`` padded with PAD_ID.
+        Returns:
+          memory: dict of ``values`` float [batch, src_len, value_dim], ``keys`` float
+            [batch, src_len, attention_units] (projected once here) and ``mask`` bool [batch, src_len].
+          state: the decoder's initial state.
+        """
+        values, mask = self.encoder(source, training=training)
+        if not self.decoder.built:
+            self.decoder.build(tuple(source.shape), tuple(values.shape))
+        memory = {"values": values, "keys": self.decoder.attention.project_keys(values), "mask": mask}
+        return memory, self.initial_state(memory)
+
+    def initial_state(self, memory):
+        """The decoder state before the first step, from the masked mean of the encoder outputs."""
+        mask = tf.cast(memory["mask"], memory["values"].dtype)[:, :, None]
+        mean = tf.reduce_sum(memory["values"] * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+        hidden = tf.split(self.bridge(mean), self.decoder_layers, axis=-1)
+        zeros = tf.zeros_like(hidden[0])
+        rnn = [[h, zeros] if self.cell_type == "lstm" else [h] for h in hidden]
+        return {"rnn": rnn, "feed": zeros}
+
+    def decode_step(self, token, state, memory):
+        """One inference step: token int32 [batch] -> float32 log-probabilities [batch, vocab],
+        new state, attention weights [batch, src_len]."""
+        attentional, state, weights = self.decoder.step(token, state, memory)
+        logits = tf.cast(self.decoder.logits(attentional), tf.float32)
+        return tf.nn.log_softmax(logits, axis=-1), state, weights
+
+    def call(self, inputs, training=False):
+        """Teacher-forced logits.
+
+        Args:
+          inputs: ``(source, target_in)``: int32 [batch, src_len] and int32 [batch, tgt_len].
+        Returns:
+          float32 logits [batch, tgt_len, target_vocab_size].
+        """
+        source, target_in = inputs
+        memory, state = self.encode(source, training=training)
+        attentional, _ = self.decoder(target_in, state, memory, training=training)
+        return tf.cast(self.decoder.logits(attentional, training=training), tf.float32)
+
+    def get_config(self):
+        return {**super().get_config(), **self.settings}

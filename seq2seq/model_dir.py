@@ -1,0 +1,66 @@
+"""The model directory: everything needed to translate, export or resume training.
+
+    DIR/config.yaml          the resolved configuration
+    DIR/spm.model            the joint SentencePiece model (or spm.source.model and spm.target.model)
+    DIR/checkpoints/         the last checkpoints: model, optimizer, step, epoch, best score
+    DIR/best/                the checkpoint with the best validation BLEU (model weights only)
+    DIR/validation.jsonl     one JSON line per validation
+    DIR/train.log            the training log
+    DIR/tensorboard/         TensorBoard event files
+"""
+
+import os
+
+from seq2seq.config import config_from_dict, read_yaml
+from seq2seq.errors import ConfigError, ModelDirError
+
+CONFIG = "config.yaml"
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+VALIDATION_HISTORY = "validation.jsonl"
+TRAIN_LOG = "train.log"
+TENSORBOARD = "tensorboard"
+
+
+def read_model_config(model_dir):
+    """Returns the Config saved in ``model_dir``, or raises ModelDirError if it is not a model directory."""
+    if not os.path.isdir(model_dir):
+        raise ModelDirError(f"{model_dir}: model directory not found")
+    path = os.path.join(model_dir, CONFIG)
+    if not os.path.isfile(path):
+        raise ModelDirError(f"{model_dir}: not a model directory (no {CONFIG}; train one with train.py)")
+    try:
+        return config_from_dict(read_yaml(path))
+    except ConfigError as error:
+        raise ModelDirError(f"{path}: invalid model config: {error}") from None
+
+
+def latest_checkpoint(model_dir, prefer_best=True):
+    """Path prefix of the best checkpoint (or the last one), or raises ModelDirError."""
+    import tensorflow as tf
+
+    folders = (BEST, CHECKPOINTS) if prefer_best else (CHECKPOINTS,)
+    for folder in folders:
+        path = tf.train.latest_checkpoint(os.path.join(model_dir, folder))
+        if path:
+            return path
+    raise ModelDirError(f"{model_dir}: no trained checkpoint in {' or '.join(folders)}/ (train the model first)")
+
+
+def load_model(model_dir, prefer_best=True):
+    """Loads ``(config, tokenizer, model)`` from a trained model directory, weights restored."""
+    import tensorflow as tf
+
+    from seq2seq.model import Seq2Seq
+    from seq2seq.tokenizer import Tokenizer
+
+    config = read_model_config(model_dir)
+    tokenizer = Tokenizer.load(model_dir, config.tokenizer.joint)
+    checkpoint_path = latest_checkpoint(model_dir, prefer_best)
+    model = Seq2Seq.from_config_section(config.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
+    try:
+        tf.train.Checkpoint(model=model).restore(checkpoint_path).expect_partial().assert_existing_objects_matched()
+    except (tf.errors.OpError, AssertionError, ValueError) as error:
+        message = str(error).strip().splitlines()[0]
+        raise ModelDirError(f"{checkpoint_path}: cannot restore the model ({message})") from None
+    return config, tokenizer, model

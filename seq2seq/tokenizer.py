@@ -1,0 +1,146 @@
+"""SentencePiece subword models: train on the training text, save with the model, encode, decode.
+
+Fixed ids, the same in every model directory (and in the exported SavedModel):
+
+======  ====  ==============================================
+piece   id    use
+======  ====  ==============================================
+<pad>   0     padding; masked out of loss, attention, outputs
+<unk>   1     unknown piece
+<s>     2     BOS: first decoder input
+</s>    3     EOS: ends every source sequence and every target
+======  ====  ==============================================
+
+Source sequences are ``pieces + [EOS]``; the decoder reads ``[BOS] + pieces`` and is trained
+to predict ``pieces + [EOS]``.
+"""
+
+import os
+import random
+import tempfile
+
+import sentencepiece as spm
+
+from seq2seq.errors import ModelDirError, UserError
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+JOINT_MODEL = "spm.model"
+SOURCE_MODEL = "spm.source.model"
+TARGET_MODEL = "spm.target.model"
+
+
+def sample_lines(paths, max_lines, seed):
+    """Returns at most ``max_lines`` non-empty lines drawn uniformly from ``paths``.
+
+    Reservoir sampling: one pass over the files, memory bounded by ``max_lines``.
+    """
+    rng = random.Random(seed)
+    sample, seen = [], 0
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                seen += 1
+                if len(sample) < max_lines:
+                    sample.append(line)
+                else:
+                    j = rng.randrange(seen)
+                    if j < max_lines:
+                        sample[j] = line
+    return sample
+
+
+def train_sentencepiece(paths, model_path, tokenizer_config, seed):
+    """Trains one SentencePiece model on the text of ``paths`` and writes it to ``model_path``."""
+    lines = sample_lines(paths, tokenizer_config.max_sentences, seed)
+    if not lines:
+        raise UserError(f"{', '.join(paths)}: no text to train the tokenizer on")
+    prefix = model_path[: -len(".model")]
+    with tempfile.TemporaryDirectory() as tmp:
+        text = os.path.join(tmp, "sample.txt")
+        with open(text, "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+        try:
+            spm.SentencePieceTrainer.train(
+                input=text, model_prefix=os.path.join(tmp, "spm"),
+                vocab_size=tokenizer_config.vocab_size, model_type=tokenizer_config.model_type,
+                character_coverage=tokenizer_config.character_coverage,
+                pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+                # Small corpora (tests, toy tasks) may have fewer pieces than asked for.
+                hard_vocab_limit=False, input_sentence_size=0, max_sentence_length=1 << 16,
+                num_threads=os.cpu_count() or 1, minloglevel=2)
+        except RuntimeError as error:
+            raise UserError(f"SentencePiece training failed on {', '.join(paths)}: {error}") from None
+        for ext in (".model", ".vocab"):
+            os.replace(os.path.join(tmp, "spm" + ext), prefix + ext)
+
+
+class Tokenizer:
+    """Source and target SentencePiece processors (the same one when the model is joint)."""
+
+    def __init__(self, source_model, target_model):
+        self.source_model_path = source_model
+        self.target_model_path = target_model
+        self.source = self._load(source_model)
+        self.target = self.source if target_model == source_model else self._load(target_model)
+
+    @staticmethod
+    def _load(path):
+        if not os.path.isfile(path):
+            raise ModelDirError(f"{path}: SentencePiece model not found")
+        try:
+            return spm.SentencePieceProcessor(model_file=path)
+        except (OSError, RuntimeError) as error:
+            raise ModelDirError(f"{path}: not a SentencePiece model ({error})") from None
+
+    @classmethod
+    def model_paths(cls, model_dir, joint):
+        if joint:
+            path = os.path.join(model_dir, JOINT_MODEL)
+            return path, path
+        return os.path.join(model_dir, SOURCE_MODEL), os.path.join(model_dir, TARGET_MODEL)
+
+    @classmethod
+    def train(cls, model_dir, data_config, tokenizer_config, seed):
+        """Trains the SentencePiece model(s) into ``model_dir`` and returns the Tokenizer."""
+        source_path, target_path = cls.model_paths(model_dir, tokenizer_config.joint)
+        if tokenizer_config.joint:
+            train_sentencepiece([data_config.train_source, data_config.train_target], source_path,
+                                tokenizer_config, seed)
+        else:
+            train_sentencepiece([data_config.train_source], source_path, tokenizer_config, seed)
+            train_sentencepiece([data_config.train_target], target_path, tokenizer_config, seed)
+        return cls(source_path, target_path)
+
+    @classmethod
+    def load(cls, model_dir, joint):
+        return cls(*cls.model_paths(model_dir, joint))
+
+    @property
+    def source_vocab_size(self):
+        return self.source.get_piece_size()
+
+    @property
+    def target_vocab_size(self):
+        return self.target.get_piece_size()
+
+    def encode_source(self, lines):
+        """Encodes source sentences: list of str -> list of id lists, each ending with EOS."""
+        return [ids + [EOS_ID] for ids in self.source.encode(list(lines))]
+
+    def encode_target(self, lines):
+        """Encodes target sentences: list of str -> list of id lists, without BOS or EOS."""
+        return self.target.encode(list(lines))
+
+    def decode_target(self, ids):
+        """Detokenizes target id lists (cut at the first EOS, padding ignored) into strings."""
+        out = []
+        for seq in ids:
+            seq = list(seq)
+            if EOS_ID in seq:
+                seq = seq[: seq.index(EOS_ID)]
+            out.append(self.target.decode([int(i) for i in seq if i not in (PAD_ID, BOS_ID)]))
+        return out

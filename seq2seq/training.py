@@ -1,0 +1,325 @@
+"""Training: loss, optimizer, checkpoints, validation, early stopping, logging, resuming.
+
+``Trainer(config, model_dir).train()`` trains until ``training.epochs`` epochs,
+``training.max_steps`` steps, or ``training.patience`` validations without a better BLEU,
+whichever comes first. Everything it needs to resume is in the model directory: re-running
+the same command continues with the same step counter, optimizer state and best score.
+"""
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from seq2seq import model_dir as md
+from seq2seq.config import config_from_dict, read_yaml, save_config
+from seq2seq.dataset import (check_parallel, decoder_inputs, estimate_batches, evaluation_batches,
+                             read_parallel, training_dataset, CorpusStats)
+from seq2seq.errors import UserError
+from seq2seq.model import Seq2Seq
+from seq2seq.tokenizer import PAD_ID, Tokenizer
+from seq2seq.translate import Translator, score
+
+log = logging.getLogger("seq2seq")
+
+
+def masked_cross_entropy(target, logits, label_smoothing=0.0):
+    """Summed token cross-entropy over non-padding positions.
+
+    Args:
+      target: int32 [batch, tgt_len], padded with PAD_ID.
+      logits: float32 [batch, tgt_len, vocab].
+      label_smoothing: ε; the target distribution is (1 - ε) one-hot + ε uniform.
+    Returns:
+      loss_sum: float32 scalar, the loss summed over real target tokens.
+      tokens: float32 scalar, the number of real target tokens.
+    """
+    loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing,
+                                                   reduction=None)
+    per_token = loss_fn(tf.one_hot(target, tf.shape(logits)[-1]), logits)  # [batch, tgt_len]
+    mask = tf.cast(tf.not_equal(target, PAD_ID), tf.float32)
+    return tf.reduce_sum(per_token * mask), tf.reduce_sum(mask)
+
+
+def setup_logging(log_path):
+    """Logs to stderr and to ``log_path`` (appending, so a resumed run keeps its history)."""
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(log_path, encoding="utf-8")):
+        handler.setFormatter(formatter)
+        log.addHandler(handler)
+
+
+def format_duration(seconds):
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class Progress:
+    """The live progress line (rewritten in place on a terminal) and periodic log lines."""
+
+    def __init__(self, total_steps, log_every):
+        self.total_steps, self.log_every = total_steps, log_every
+        self.live = sys.stderr.isatty()
+        self.reset(0)
+        self.last_draw = 0.0
+
+    def reset(self, step):
+        self.start_time, self.start_step, self.tokens, self.loss_sum, self.loss_tokens = time.time(), step, 0, 0.0, 0
+
+    def update(self, step, epoch, loss, tokens):
+        self.tokens += tokens
+        self.loss_sum += loss * tokens
+        self.loss_tokens += tokens
+        now = time.time()
+        elapsed = max(now - self.start_time, 1e-6)
+        rate = self.tokens / elapsed
+        steps_per_sec = (step - self.start_step) / elapsed
+        eta = (self.total_steps - step) / steps_per_sec if steps_per_sec > 0 else 0
+        line = (f"step {step}/{self.total_steps} | epoch {epoch + 1} | loss {self.loss_sum / self.loss_tokens:.3f} "
+                f"| {rate:,.0f} tok/s | ETA {format_duration(eta)}")
+        if step % self.log_every == 0:
+            self.clear()
+            log.info(line)
+            self.reset(step)
+        elif self.live and now - self.last_draw > 0.5:
+            sys.stderr.write("\r" + line + "\x1b[K")
+            sys.stderr.flush()
+            self.last_draw = now
+
+    def clear(self):
+        if self.live:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+class Trainer:
+    """Trains ``config`` into ``model_dir``, resuming what is already there."""
+
+    def __init__(self, config, model_dir):
+        self.config, self.model_dir = config, model_dir
+        self.stop_signal = None
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def _prepare_model_dir(self):
+        """Creates the model directory or checks that it holds a compatible run; saves the config."""
+        os.makedirs(self.model_dir, exist_ok=True)
+        config_path = os.path.join(self.model_dir, md.CONFIG)
+        if os.path.isfile(config_path):
+            saved = config_from_dict(read_yaml(config_path))
+            for section in ("tokenizer", "model"):
+                old, new = getattr(saved, section).__dict__, getattr(self.config, section).__dict__
+                for key in old:
+                    if old[key] != new[key]:
+                        raise UserError(
+                            f"{self.model_dir}: was trained with {section}.{key}={old[key]!r}, not {new[key]!r}; "
+                            "use another --model-dir to train a different model")
+        save_config(self.config, config_path)
+
+    def _load_tokenizer(self):
+        joint = self.config.tokenizer.joint
+        source_path, target_path = Tokenizer.model_paths(self.model_dir, joint)
+        if os.path.isfile(source_path) and os.path.isfile(target_path):
+            return Tokenizer(source_path, target_path)
+        log.info("training SentencePiece (vocab_size %d, %s) on the training data",
+                 self.config.tokenizer.vocab_size, "joint" if joint else "one model per side")
+        return Tokenizer.train(self.model_dir, self.config.data, self.config.tokenizer, self.config.training.seed)
+
+    def _build(self):
+        cfg = self.config
+        self.model = Seq2Seq.from_config_section(cfg.model, self.tokenizer.source_vocab_size,
+                                                 self.tokenizer.target_vocab_size)
+        self.optimizer = keras.optimizers.Adam(cfg.training.learning_rate, global_clipnorm=cfg.training.clip_norm)
+        self.optimizer.build(self.model.trainable_variables)
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.best_bleu = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_bleu")
+        self.bad_validations = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_validations")
+        self.last_validated = tf.Variable(-1, dtype=tf.int64, trainable=False, name="last_validated")
+        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
+                                         best_bleu=self.best_bleu, bad_validations=self.bad_validations,
+                                         last_validated=self.last_validated)
+        self.checkpoints = tf.train.CheckpointManager(
+            checkpoint, os.path.join(self.model_dir, md.CHECKPOINTS), max_to_keep=cfg.training.keep_checkpoints,
+            step_counter=self.optimizer.iterations)
+        best = tf.train.Checkpoint(model=self.model, best_bleu=self.best_bleu)
+        self.best_checkpoints = tf.train.CheckpointManager(best, os.path.join(self.model_dir, md.BEST),
+                                                           max_to_keep=1, step_counter=self.optimizer.iterations)
+        self.loss_smoothing = cfg.training.label_smoothing
+        self.train_step = tf.function(self._train_step, input_signature=[
+            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)])
+        self.eval_step = tf.function(self._eval_step, input_signature=[
+            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)])
+        self.translator = Translator(self.model, self.tokenizer, cfg.translate)
+
+    @property
+    def step(self):
+        return int(self.optimizer.iterations.numpy())
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _train_step(self, source, target):
+        """One update. source, target: int32 [batch, len] -> (mean loss, target token count)."""
+        with tf.GradientTape() as tape:
+            logits = self.model((source, decoder_inputs(target)), training=True)
+            loss_sum, tokens = masked_cross_entropy(target, logits, self.loss_smoothing)
+            loss = loss_sum / tf.maximum(tokens, 1.0)
+        gradients = tape.gradient(loss, self.model.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        return loss, tokens
+
+    def _eval_step(self, source, target):
+        logits = self.model((source, decoder_inputs(target)), training=False)
+        return masked_cross_entropy(target, logits)
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def validate(self):
+        """Validation loss and greedy BLEU; saves the best model; returns True if BLEU improved."""
+        started = time.time()
+        loss_sum = tokens = 0.0
+        for source, target in self.valid_batches:
+            batch_loss, batch_tokens = self.eval_step(source, target)
+            loss_sum += float(batch_loss)
+            tokens += float(batch_tokens)
+        loss = loss_sum / max(tokens, 1.0)
+        hypotheses = self.translator.translate(self.valid_sources)
+        _, bleu, chrf = score(hypotheses, self.valid_references)
+        step = self.step
+        improved = bleu.score > float(self.best_bleu.numpy())
+        if improved:
+            self.best_bleu.assign(bleu.score)
+            self.bad_validations.assign(0)
+            self.best_checkpoints.save(checkpoint_number=step)
+        else:
+            self.bad_validations.assign_add(1)
+        self.last_validated.assign(step)
+        record = {"step": step, "epoch": int(self.epoch.numpy()) + 1, "loss": round(loss, 4),
+                  "perplexity": round(math.exp(min(loss, 50)), 2), "bleu": round(bleu.score, 2),
+                  "chrf": round(chrf.score, 2), "best_bleu": round(float(self.best_bleu.numpy()), 2),
+                  "seconds": round(time.time() - started, 1)}
+        with open(os.path.join(self.model_dir, md.VALIDATION_HISTORY), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        with self.summaries.as_default(step=step):
+            tf.summary.scalar("valid/loss", loss)
+            tf.summary.scalar("valid/bleu", bleu.score)
+            tf.summary.scalar("valid/chrf", chrf.score)
+        log.info("validation at step %d: loss %.3f, perplexity %.2f, BLEU %.2f, chrF %.2f%s (%.0fs)", step, loss,
+                 record["perplexity"], bleu.score, chrf.score,
+                 " (new best)" if improved else f", best {record['best_bleu']:.2f}, "
+                 f"{int(self.bad_validations.numpy())}/{self.config.training.patience} without improvement",
+                 record["seconds"])
+        self.checkpoints.save(checkpoint_number=step)
+        return improved
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _handle_signal(self, signum, frame):
+        self.stop_signal = signum
+
+    def train(self):
+        cfg, tcfg = self.config, self.config.training
+        data = cfg.data
+        check_parallel(data.train_source, data.train_target)
+        check_parallel(data.valid_source, data.valid_target)
+        self._prepare_model_dir()
+        setup_logging(os.path.join(self.model_dir, md.TRAIN_LOG))
+        keras.utils.set_random_seed(tcfg.seed)
+        self.tokenizer = self._load_tokenizer()
+        self._build()
+        resumed = self.checkpoints.restore_or_initialize()
+        if resumed:
+            log.info("resumed from %s at step %d (epoch %d, best BLEU %.2f)", resumed, self.step,
+                     int(self.epoch.numpy()) + 1, float(self.best_bleu.numpy()))
+        self.summaries = tf.summary.create_file_writer(os.path.join(self.model_dir, md.TENSORBOARD))
+        self.valid_batches = evaluation_batches(data.valid_source, data.valid_target, self.tokenizer,
+                                                tcfg.max_length, tcfg.batch_tokens)
+        valid_pairs = [(s, t) for _, s, t in read_parallel(data.valid_source, data.valid_target)]
+        self.valid_sources = [s for s, _ in valid_pairs]
+        self.valid_references = [t for _, t in valid_pairs]
+
+        stats, batches_per_epoch = estimate_batches(data.train_source, data.train_target, self.tokenizer, tcfg)
+        if stats.pairs == 0:
+            raise UserError(f"{data.train_source}: no training pair is non-empty and within "
+                            f"training.max_length={tcfg.max_length} tokens")
+        total_steps = tcfg.epochs * batches_per_epoch
+        if tcfg.max_steps is not None:
+            total_steps = min(total_steps, tcfg.max_steps)
+        log.info("training data: %s; %d batches an epoch", stats.describe(), batches_per_epoch)
+        log.info("model: %s, %s parameters; training to step %d", cfg.model.__dict__,
+                 f"{self.model.count_params():,}", total_steps)
+
+        previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._loop(total_steps)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.summaries.close()
+        return float(self.best_bleu.numpy())
+
+    def _early_stopped(self):
+        if int(self.bad_validations.numpy()) < self.config.training.patience:
+            return False
+        log.info("early stopping: %d validations without a better BLEU (best %.2f)",
+                 self.config.training.patience, float(self.best_bleu.numpy()))
+        return True
+
+    def _loop(self, total_steps):
+        cfg, tcfg = self.config, self.config.training
+        data = cfg.data
+        progress = Progress(total_steps, tcfg.log_every)
+        if self._early_stopped():
+            return
+        while self.step < total_steps and int(self.epoch.numpy()) < tcfg.epochs:
+            epoch = int(self.epoch.numpy())
+            stats = CorpusStats()
+            for source, target in training_dataset(data.train_source, data.train_target, self.tokenizer, tcfg,
+                                                   epoch, stats):
+                loss, tokens = self.train_step(source, target)
+                loss = float(loss)
+                if not math.isfinite(loss):
+                    raise UserError(f"training diverged at step {self.step}: the loss is {loss}; lower "
+                                    "training.learning_rate or training.clip_norm and re-run to resume from "
+                                    "the last checkpoint")
+                step = self.step
+                progress.update(step, epoch, loss, int(tokens))
+                if step % tcfg.log_every == 0:
+                    with self.summaries.as_default(step=step):
+                        tf.summary.scalar("train/loss", loss)
+                if step % tcfg.validate_every == 0:
+                    progress.clear()
+                    self.validate()
+                    if self._early_stopped():
+                        return
+                if self.stop_signal is not None:
+                    progress.clear()
+                    path = self.checkpoints.save(checkpoint_number=step)
+                    log.info("stopped by signal %d at step %d; saved %s; re-run the same command to resume",
+                             self.stop_signal, step, path)
+                    return
+                if step >= total_steps:
+                    break
+            else:
+                self.epoch.assign_add(1)
+                progress.clear()
+                log.info("epoch %d done: %s", epoch + 1, stats.describe())
+                self.checkpoints.save(checkpoint_number=self.step)
+                continue
+            break
+        progress.clear()
+        if int(self.last_validated.numpy()) != self.step:
+            self.validate()
+        log.info("training done at step %d; best validation BLEU %.2f", self.step, float(self.best_bleu.numpy()))

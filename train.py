@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Trains a translation model: ``train.py --config CONFIG.yaml [--model-dir DIR] [--set KEY=VALUE ...]``.
+
+Re-running the same command on an existing model directory resumes where it stopped.
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from seq2seq.config import load_config  # noqa: E402
+from seq2seq.errors import run_cli  # noqa: E402
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].split(": ")[0])
+    parser.add_argument("--config", required=True, help="YAML experiment config (see configs/)")
+    parser.add_argument("--model-dir", help="where to write the model (default: runs/<config name>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a config key by its dotted path, e.g. training.max_steps=200")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    model_dir = args.model_dir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
+
+    from seq2seq.training import Trainer  # TensorFlow loads only once the arguments are valid
+
+    Trainer(config, model_dir).train()
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Translates text with a trained model, one output line per input line, in input order.
+
+    translate.py --model DIR [--input PATH|-] [--output PATH|-] [--batch-size N] [--reference PATH]
+
+With --reference, sacrebleu's BLEU and chrF lines (with signatures) go to stderr.
+"""
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from seq2seq.errors import DataError, UserError, run_cli  # noqa: E402
+from seq2seq.model_dir import read_model_config  # noqa: E402
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="trained model directory")
+    parser.add_argument("--input", default="-", help="source text, one sentence a line (default: stdin)")
+    parser.add_argument("--output", default="-", help="where to write translations (default: stdout)")
+    parser.add_argument("--beam-size", type=int, default=None,
+                        help="beam size; only 1 (greedy decoding) is implemented so far")
+    parser.add_argument("--batch-size", type=int, default=None, help="sentences per batch (default: from config)")
+    parser.add_argument("--reference", help="reference translations: print BLEU and chrF to stderr")
+    return parser.parse_args(argv)
+
+
+def _open_text(path, mode):
+    if path == "-":
+        return None
+    try:
+        # Invalid UTF-8 in the input is replaced by U+FFFD: the line is still translated.
+        return open(path, mode, encoding="utf-8", errors="replace" if "r" in mode else "strict",
+                    newline="\n" if "w" in mode else None)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot open ({error.strerror})") from None
+
+
+def _read_references(path):
+    from seq2seq.dataset import _open_lines
+
+    return [text for _, text in _open_lines(path)]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.beam_size is not None and args.beam_size != 1:
+        raise UserError(f"--beam-size {args.beam_size}: beam search is not implemented yet; use --beam-size 1")
+    read_model_config(args.model)  # fail fast, before TensorFlow loads
+    references = _read_references(args.reference) if args.reference else None
+    source = _open_text(args.input, "r") or contextlib.nullcontext(
+        io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace"))
+    target = _open_text(args.output, "w") or contextlib.nullcontext(sys.stdout)
+
+    from seq2seq.model_dir import load_model
+    from seq2seq.translate import Translator, score
+
+    config, tokenizer, model = load_model(args.model)
+    translator = Translator(model, tokenizer, config.translate)
+
+    with source as lines, target as out:
+        hypotheses = translator.translate_stream(lines, lambda text: out.write(text + "\n"), args.batch_size)
+    if references is not None:
+        if len(references) != len(hypotheses):
+            raise DataError(f"{args.reference} has {len(references)} lines but {args.input} has "
+                            f"{len(hypotheses)}: one reference line per input line is needed")
+        lines, _, _ = score(hypotheses, references)
+        for line in lines:
+            print(line, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
