@@ -11,6 +11,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from seq2seq.config import load_config  # noqa: E402
+from seq2seq.corpus import check_data  # noqa: E402
 from seq2seq.errors import run_cli  # noqa: E402
 
 
@@ -26,6 +27,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     config = load_config(args.config, args.overrides)
+    check_data(config.data)
     model_dir = args.model_dir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
 
     from seq2seq.training import Trainer  # TensorFlow loads only once the arguments are valid

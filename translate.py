@@ -14,6 +14,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from seq2seq.corpus import read_lines  # noqa: E402
 from seq2seq.errors import DataError, UserError, run_cli  # noqa: E402
 from seq2seq.model_dir import read_model_config  # noqa: E402
 
@@ -44,9 +45,7 @@ def _open_text(path, mode):
 
 
 def _read_references(path):
-    from seq2seq.dataset import _open_lines
-
-    return [text for _, text in _open_lines(path)]
+    return [text for _, text in read_lines(path)]
 
 
 def main(argv=None):

@@ -29,8 +29,15 @@ def _rnn_layer(cell, units, name):
     return _RNN_LAYERS[cell](units, return_sequences=True, return_state=True, name=name)
 
 
-def _state_count(cell):
-    return 2 if cell == "lstm" else 1
+def _track(layer, name, sublayers):
+    """Sets ``sublayers`` as attributes ``name_0, name_1, ...`` of ``layer`` and returns them as a list.
+
+    TensorFlow checkpoints follow attributes, not Python lists, so every sub-layer held in a
+    list must also be an attribute for its weights to be saved.
+    """
+    for i, sublayer in enumerate(sublayers):
+        setattr(layer, f"{name}_{i}", sublayer)
+    return list(sublayers)
 
 
 class BahdanauAttention(keras.layers.Layer):
@@ -88,12 +95,13 @@ class Encoder(keras.layers.Layer):
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.bidirectional, self.dropout = num_layers, cell, bidirectional, dropout
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="embedding")
-        self.rnns = []
+        rnns = []
         for i in range(num_layers):
             layer = _RNN_LAYERS[cell](units, return_sequences=True, name=f"{cell}_{i}")
             if bidirectional:
                 layer = keras.layers.Bidirectional(layer, merge_mode="concat", name=f"bi_{cell}_{i}")
-            self.rnns.append(layer)
+            rnns.append(layer)
+        self.rnns = _track(self, "rnn", rnns)
         self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
 
     @property
@@ -137,7 +145,7 @@ class Decoder(keras.layers.Layer):
         self.num_layers, self.cell, self.attention_units = num_layers, cell, attention_units
         self.input_feeding, self.dropout = input_feeding, dropout
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
-        self.rnns = [_rnn_layer(cell, units, f"{cell}_{i}") for i in range(num_layers)]
+        self.rnns = _track(self, "rnn", [_rnn_layer(cell, units, f"{cell}_{i}") for i in range(num_layers)])
         self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
         self.attention = BahdanauAttention(attention_units, name="attention")
         self.combine = keras.layers.Dense(units, activation="tanh", use_bias=False, name="combine")

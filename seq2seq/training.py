@@ -15,13 +15,13 @@ import sys
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from seq2seq import model_dir as md
 from seq2seq.config import config_from_dict, read_yaml, save_config
-from seq2seq.dataset import (check_parallel, decoder_inputs, estimate_batches, evaluation_batches,
-                             read_parallel, training_dataset, CorpusStats)
+from seq2seq.corpus import check_data, read_parallel
+from seq2seq.dataset import (CorpusStats, decoder_inputs, estimate_batches, evaluation_batches,
+                             training_dataset)
 from seq2seq.errors import UserError
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import PAD_ID, Tokenizer
@@ -232,8 +232,7 @@ class Trainer:
     def train(self):
         cfg, tcfg = self.config, self.config.training
         data = cfg.data
-        check_parallel(data.train_source, data.train_target)
-        check_parallel(data.valid_source, data.valid_target)
+        check_data(data)
         self._prepare_model_dir()
         setup_logging(os.path.join(self.model_dir, md.TRAIN_LOG))
         keras.utils.set_random_seed(tcfg.seed)

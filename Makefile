@@ -1,0 +1,50 @@
+# The commands a user types. Each target does the set-up it needs first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/multi30k_de_en.yaml
+NAME := $(basename $(notdir $(CONFIG)))
+MODEL_DIR ?= runs/$(NAME)
+# Languages of the test set, from the config name (multi30k_de_en -> de, en).
+SRC ?= $(word 2,$(subst _, ,$(NAME)))
+TGT ?= $(word 3,$(subst _, ,$(NAME)))
+MULTI30K_MIRROR ?= ../shared/data/multi30k
+export MULTI30K_MIRROR
+# make install GPU=1 installs TensorFlow with its CUDA libraries.
+EXTRAS := test$(if $(GPU),$(comma)gpu)
+comma := ,
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install data train translate test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip==25.3
+	$(VENV)/bin/pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+data: data/multi30k/.done
+
+data/multi30k/.done: data/prepare.py
+	$(PYTHON) data/prepare.py
+	touch $@
+
+train: install data
+	$(PY) train.py --config $(CONFIG) --model-dir $(MODEL_DIR) $(ARGS)
+
+translate: install data
+	$(PY) translate.py --model $(MODEL_DIR) --input data/multi30k/test_2016_flickr.$(SRC) \
+		--output $(MODEL_DIR)/test_2016_flickr.$(TGT).hyp --reference data/multi30k/test_2016_flickr.$(TGT) $(ARGS)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/pip install --quiet ruff==0.14.5
+	$(VENV)/bin/ruff check --line-length 120 seq2seq tests data train.py translate.py
+
+clean:
+	rm -rf $(VENV) data/multi30k data/toy
