@@ -8,11 +8,10 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from seq2seq.config import load_config  # noqa: E402
-from seq2seq.corpus import check_data  # noqa: E402
-from seq2seq.errors import run_cli  # noqa: E402
+from seq2seq.config import load_config
+from seq2seq.corpus import check_data
+from seq2seq.errors import run_cli
+from seq2seq.runtime import import_tensorflow
 
 
 def parse_args(argv):
@@ -30,7 +29,8 @@ def main(argv=None):
     check_data(config.data)
     model_dir = args.model_dir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
 
-    from seq2seq.training import Trainer  # TensorFlow loads only once the arguments are valid
+    import_tensorflow()  # only once the arguments and data are known to be valid
+    from seq2seq.training import Trainer
 
     Trainer(config, model_dir).train()
 

@@ -9,14 +9,12 @@ With --reference, sacrebleu's BLEU and chrF lines (with signatures) go to stderr
 import argparse
 import contextlib
 import io
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from seq2seq.corpus import read_lines  # noqa: E402
-from seq2seq.errors import DataError, UserError, run_cli  # noqa: E402
-from seq2seq.model_dir import read_model_config  # noqa: E402
+from seq2seq.corpus import read_lines
+from seq2seq.errors import DataError, UserError, run_cli
+from seq2seq.model_dir import read_model_config
+from seq2seq.runtime import import_tensorflow
 
 
 def parse_args(argv):
@@ -60,6 +58,7 @@ def main(argv=None):
         io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace"))
     target = _open_text(args.output, "w") or contextlib.nullcontext(sys.stdout)
 
+    import_tensorflow()
     from seq2seq.model_dir import load_model
     from seq2seq.translate import Translator, score
 

@@ -54,9 +54,11 @@ class BahdanauAttention(keras.layers.Layer):
         self.energy = keras.layers.Dense(1, use_bias=False, name="energy")
 
     def build(self, query_shape, keys_shape=None, values_shape=None, source_mask_shape=None):
-        self.query_projection.build(query_shape)
-        self.key_projection.build(values_shape)
-        self.energy.build(tuple(values_shape[:-1]) + (self.units,))
+        # project_keys may have built the key projection already.
+        for layer, shape in ((self.query_projection, query_shape), (self.key_projection, values_shape),
+                             (self.energy, (None, self.units))):
+            if not layer.built:
+                layer.build(shape)
         self.built = True
 
     def project_keys(self, values):

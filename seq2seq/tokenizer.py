@@ -106,6 +106,7 @@ class Tokenizer:
     @classmethod
     def train(cls, model_dir, data_config, tokenizer_config, seed):
         """Trains the SentencePiece model(s) into ``model_dir`` and returns the Tokenizer."""
+        os.makedirs(model_dir, exist_ok=True)
         source_path, target_path = cls.model_paths(model_dir, tokenizer_config.joint)
         if tokenizer_config.joint:
             train_sentencepiece([data_config.train_source, data_config.train_target], source_path,

@@ -70,10 +70,10 @@ def format_duration(seconds):
 class Progress:
     """The live progress line (rewritten in place on a terminal) and periodic log lines."""
 
-    def __init__(self, total_steps, log_every):
+    def __init__(self, step, total_steps, log_every):
         self.total_steps, self.log_every = total_steps, log_every
         self.live = sys.stderr.isatty()
-        self.reset(0)
+        self.reset(step)
         self.last_draw = 0.0
 
     def reset(self, step):
@@ -279,7 +279,7 @@ class Trainer:
     def _loop(self, total_steps):
         cfg, tcfg = self.config, self.config.training
         data = cfg.data
-        progress = Progress(total_steps, tcfg.log_every)
+        progress = Progress(self.step, total_steps, tcfg.log_every)
         if self._early_stopped():
             return
         while self.step < total_steps and int(self.epoch.numpy()) < tcfg.epochs:
@@ -300,7 +300,9 @@ class Trainer:
                         tf.summary.scalar("train/loss", loss)
                 if step % tcfg.validate_every == 0:
                     progress.clear()
+                    started = time.time()
                     self.validate()
+                    progress.start_time += time.time() - started  # keep tokens/s about training
                     if self._early_stopped():
                         return
                 if self.stop_signal is not None:

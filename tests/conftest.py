@@ -1,0 +1,81 @@
+"""Shared fixtures: the toy task, a small trained model, and running the command lines."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def load_script(name):
+    """Imports a script from data/ (not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "data", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+toy = load_script("toy")
+
+
+def toy_config(data_dir, **overrides):
+    """Config values (nested dict) for a tiny model on the toy task in ``data_dir``."""
+    values = {
+        "data": {"train_source": f"{data_dir}/train.src", "train_target": f"{data_dir}/train.tgt",
+                 "valid_source": f"{data_dir}/valid.src", "valid_target": f"{data_dir}/valid.tgt"},
+        "tokenizer": {"vocab_size": 64, "model_type": "word"},
+        "model": {"embedding_dim": 32, "units": 64, "dropout": 0.0},
+        "training": {"batch_tokens": 400, "max_length": 20, "learning_rate": 0.005, "label_smoothing": 0.0,
+                     "max_steps": 600, "validate_every": 200, "log_every": 100, "epochs": 100, "patience": 10},
+        "translate": {"min_output_length": 4, "batch_size": 32},
+    }
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        values[section][name] = value
+    return values
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("toy")
+    toy.write_splits(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def trained_toy(toy_data, tmp_path_factory):
+    """A model directory trained on the toy task (about half a minute on 2 cores)."""
+    from seq2seq.config import config_from_dict
+    from seq2seq.training import Trainer
+
+    model_dir = str(tmp_path_factory.mktemp("toy_model") / "model")
+    Trainer(config_from_dict(toy_config(toy_data)), model_dir).train()
+    return model_dir
+
+
+def write_yaml(path, values):
+    import yaml
+
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(values, f)
+    return str(path)
+
+
+def run_script(script, *args, stdin=None, cwd=ROOT):
+    """Runs ``python script args...`` from the repository root; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], input=stdin, capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+def assert_one_line_error(result, *fragments):
+    """The command failed with exactly one ``error: ...`` line on stderr containing ``fragments``."""
+    assert result.returncode != 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]

@@ -1,0 +1,106 @@
+"""The command lines as a user runs them: outputs, and one clear line for every mistake."""
+
+import os
+
+import pytest
+
+from conftest import assert_one_line_error, run_script, toy, toy_config, write_yaml
+
+
+@pytest.fixture
+def toy_yaml(toy_data, tmp_path):
+    return write_yaml(tmp_path / "toy.yaml", toy_config(toy_data))
+
+
+def test_train_missing_data_file(toy_data, tmp_path):
+    values = toy_config(toy_data)
+    values["data"]["train_source"] = str(tmp_path / "nowhere.src")
+    result = run_script("train.py", "--config", write_yaml(tmp_path / "c.yaml", values),
+                        "--model-dir", str(tmp_path / "m"))
+    assert_one_line_error(result, "nowhere.src", "file not found")
+    assert not os.path.exists(tmp_path / "m")
+
+
+def test_train_line_counts_differ(toy_data, tmp_path):
+    short = tmp_path / "short.tgt"
+    short.write_text("".join(open(f"{toy_data}/train.tgt").readlines()[:-5]))
+    values = toy_config(toy_data)
+    values["data"]["train_target"] = str(short)
+    result = run_script("train.py", "--config", write_yaml(tmp_path / "c.yaml", values),
+                        "--model-dir", str(tmp_path / "m"))
+    assert_one_line_error(result, "train.src has 4000 lines", "short.tgt has 3995")
+
+
+def test_train_unknown_config_key(toy_data, tmp_path):
+    values = toy_config(toy_data)
+    values["model"]["layers"] = 2
+    result = run_script("train.py", "--config", write_yaml(tmp_path / "c.yaml", values))
+    assert_one_line_error(result, "c.yaml", "unknown config key model.layers")
+
+
+def test_train_unknown_set_key(toy_yaml):
+    result = run_script("train.py", "--config", toy_yaml, "--set", "training.steps=10")
+    assert_one_line_error(result, "--set training.steps", "unknown config key")
+
+
+def test_train_bad_set_value(toy_yaml):
+    result = run_script("train.py", "--config", toy_yaml, "--set", "model.dropout=1.5")
+    assert_one_line_error(result, "model.dropout", "[0, 1)")
+
+
+def test_train_missing_config_file(tmp_path):
+    result = run_script("train.py", "--config", str(tmp_path / "none.yaml"))
+    assert_one_line_error(result, "none.yaml", "not found")
+
+
+def test_translate_model_dir_that_is_not_one(tmp_path):
+    result = run_script("translate.py", "--model", str(tmp_path), stdin="a\n")
+    assert_one_line_error(result, str(tmp_path), "not a model directory")
+    result = run_script("translate.py", "--model", str(tmp_path / "missing"), stdin="a\n")
+    assert_one_line_error(result, "model directory not found")
+
+
+def test_translate_model_dir_without_checkpoint(trained_toy, tmp_path):
+    empty = tmp_path / "untrained"
+    empty.mkdir()
+    for name in ("config.yaml", "spm.model"):
+        (empty / name).write_bytes(open(os.path.join(trained_toy, name), "rb").read())
+    result = run_script("translate.py", "--model", str(empty), stdin="s1\n")
+    assert_one_line_error(result, "no trained checkpoint")
+
+
+def test_translate_missing_input_and_bad_reference(trained_toy, tmp_path):
+    result = run_script("translate.py", "--model", trained_toy, "--input", str(tmp_path / "none.txt"))
+    assert_one_line_error(result, "none.txt", "file not found")
+    reference = tmp_path / "ref.txt"
+    reference.write_text("T1\n")
+    result = run_script("translate.py", "--model", trained_toy, "--reference", str(reference), stdin="s1\ns2\n")
+    assert_one_line_error(result, "ref.txt has 1 lines", "has 2")
+
+
+def test_translate_keeps_one_line_per_input_line_in_order(trained_toy):
+    lines = ["s1 s2 s3", "", "s4 s5 s6 s7 s8 s9 s10 s11", "   ", "s12 s0 s5", "s13 s14 s15 s16"]
+    result = run_script("translate.py", "--model", trained_toy, "--batch-size", "2",
+                        stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    outputs = result.stdout.split("\n")[:-1]
+    assert len(outputs) == len(lines)
+    assert outputs[1] == "" and outputs[3] == ""
+    for line, output in zip(lines, outputs):
+        if line.strip():  # in order: each output has its own input's length and (mostly) its words
+            assert len(output.split()) == len(line.split())
+    assert outputs[0] == " ".join(toy.translate(lines[0].split()))
+    assert outputs[4] == " ".join(toy.translate(lines[4].split()))
+
+
+def test_translate_files_and_reference_prints_bleu_and_chrf(trained_toy, toy_data, tmp_path):
+    output = tmp_path / "hyp.txt"
+    result = run_script("translate.py", "--model", trained_toy, "--input", f"{toy_data}/test.src",
+                        "--output", str(output), "--reference", f"{toy_data}/test.tgt")
+    assert result.returncode == 0, result.stderr
+    assert len(output.read_text().splitlines()) == 200
+    bleu = [line for line in result.stderr.splitlines() if line.startswith("BLEU|")]
+    chrf = [line for line in result.stderr.splitlines() if line.startswith("chrF2|")]
+    assert len(bleu) == 1 and "tok:13a" in bleu[0] and "version:" in bleu[0]
+    assert len(chrf) == 1
+    assert float(bleu[0].split(" = ")[1].split()[0]) > 90

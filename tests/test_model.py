@@ -1,0 +1,110 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from seq2seq.model import BahdanauAttention, Decoder, Encoder, Seq2Seq
+
+SOURCE = np.array([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]], np.int32)
+TARGET_IN = np.array([[2, 11, 12, 13], [2, 14, 15, 0]], np.int32)
+
+
+def _model(cell="gru", input_feeding=True, bidirectional=True, layers=2, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = Seq2Seq(40, 50, embedding_dim=8, units=16, encoder_layers=layers, decoder_layers=layers, cell=cell,
+                    bidirectional=bidirectional, attention_units=12, input_feeding=input_feeding, dropout=0.2)
+    model.build_weights()
+    return model
+
+
+def test_attention_weights_sum_to_one_and_are_zero_on_padding():
+    attention = BahdanauAttention(6)
+    values = tf.random.normal([2, 5, 4])
+    mask = tf.constant([[True] * 5, [True, True, False, False, False]])
+    query = tf.random.normal([2, 3, 7])
+    context, weights = attention(query, attention.project_keys(values), values, mask)
+    assert context.shape == (2, 3, 4) and weights.shape == (2, 3, 5)
+    np.testing.assert_allclose(tf.reduce_sum(weights, -1).numpy(), 1.0, rtol=1e-6)
+    assert np.all(weights.numpy()[1, :, 2:] == 0.0)
+    assert np.all(weights.numpy()[1, :, :2] > 0.0)
+
+
+def test_attention_is_additive_bahdanau_score():
+    attention = BahdanauAttention(3)
+    values, query = tf.random.normal([1, 4, 2]), tf.random.normal([1, 1, 5])
+    _, weights = attention(query, attention.project_keys(values), values, tf.ones([1, 4], tf.bool))
+    w1, w2, b2 = (attention.query_projection.kernel, attention.key_projection.kernel,
+                  attention.key_projection.bias)
+    v = attention.energy.kernel
+    scores = tf.squeeze(tf.tanh(query[0] @ w1 + values[0] @ w2 + b2) @ v, -1)
+    np.testing.assert_allclose(weights.numpy()[0, 0], tf.nn.softmax(scores).numpy(), rtol=1e-5)
+
+
+def test_encoder_output_is_zero_at_padding_and_ignores_padding_length():
+    encoder = Encoder(40, 8, 16, 2, "lstm", True, 0.0)
+    outputs, mask = encoder(tf.constant(SOURCE))
+    assert outputs.shape == (2, 5, 32)
+    assert np.all(outputs.numpy()[1, 3:] == 0.0) and np.all(outputs.numpy()[1, :3] != 0.0)
+    longer, _ = encoder(tf.constant(np.pad(SOURCE, [[0, 0], [0, 4]])))
+    np.testing.assert_allclose(longer.numpy()[:, :5], outputs.numpy(), atol=1e-6)
+    assert mask.numpy().tolist() == (SOURCE != 0).tolist()
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_padding_never_changes_outputs(cell, input_feeding):
+    model = _model(cell, input_feeding)
+    logits = model((SOURCE, TARGET_IN)).numpy()
+    assert logits.shape == (2, 4, 50)
+    # More source padding: same logits.
+    padded = model((np.pad(SOURCE, [[0, 0], [0, 3]]), TARGET_IN)).numpy()
+    np.testing.assert_allclose(padded, logits, atol=1e-5)
+    # The short sentence alone (no padding at all) gives the same logits as inside the batch.
+    alone = model((SOURCE[1:, :3], TARGET_IN[1:, :3])).numpy()
+    np.testing.assert_allclose(alone[0], logits[1, :3], atol=1e-5)
+    # Target padding does not change the outputs at real positions.
+    extra = model((SOURCE, np.pad(TARGET_IN, [[0, 0], [0, 2]]))).numpy()
+    np.testing.assert_allclose(extra[:, :4], logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_step_by_step_decoding_equals_teacher_forcing(cell, input_feeding):
+    model = _model(cell, input_feeding)
+    full = tf.nn.log_softmax(model((SOURCE, TARGET_IN))).numpy()
+    memory, state = model.encode(tf.constant(SOURCE))
+    for t in range(TARGET_IN.shape[1]):
+        log_probs, state, weights = model.decode_step(tf.constant(TARGET_IN[:, t]), state, memory)
+        np.testing.assert_allclose(log_probs.numpy(), full[:, t], atol=1e-5)
+        assert np.all(weights.numpy()[1, 3:] == 0.0)
+
+
+def test_dropout_only_in_training():
+    model = _model()
+    a = model((SOURCE, TARGET_IN), training=False).numpy()
+    b = model((SOURCE, TARGET_IN), training=False).numpy()
+    c = model((SOURCE, TARGET_IN), training=True).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_layers_serialize_with_get_config():
+    model = _model("lstm", input_feeding=False, bidirectional=False, layers=1)
+    clone = Seq2Seq.from_config(model.get_config())
+    assert clone.get_config() == {**model.get_config(), "name": clone.name}
+    for layer in (model.encoder, model.decoder, model.decoder.attention):
+        rebuilt = type(layer).from_config(layer.get_config())
+        assert rebuilt.get_config() == layer.get_config()
+    assert isinstance(Decoder.from_config(model.decoder.get_config()), Decoder)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+def test_checkpoint_saves_and_restores_every_weight(cell, tmp_path):
+    model = _model(cell, layers=2, seed=1)
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    saved = {name for name, _ in tf.train.list_variables(path)}
+    assert sum("ATTRIBUTES/VARIABLE_VALUE" in name for name in saved) == len(model.weights) + 1  # + save_counter
+    other = _model(cell, layers=2, seed=2)
+    assert not np.allclose(other((SOURCE, TARGET_IN)), model((SOURCE, TARGET_IN)))
+    tf.train.Checkpoint(model=other).restore(path).assert_consumed()
+    np.testing.assert_allclose(other((SOURCE, TARGET_IN)), model((SOURCE, TARGET_IN)), atol=1e-6)

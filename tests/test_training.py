@@ -1,0 +1,91 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import toy, toy_config
+from seq2seq.config import config_from_dict
+from seq2seq.model_dir import load_model
+from seq2seq.training import Trainer, masked_cross_entropy
+from seq2seq.translate import Translator
+
+
+def test_loss_ignores_padding():
+    logits = tf.random.normal([2, 4, 7])
+    target = tf.constant([[4, 5, 3, 0], [6, 3, 0, 0]])
+    loss, tokens = masked_cross_entropy(target, logits, label_smoothing=0.1)
+    assert tokens.numpy() == 5
+    changed = tf.concat([logits[:, :2], tf.random.normal([2, 2, 7]) * 10], axis=1)
+    changed = tf.where(tf.constant([[True] * 3 + [False], [True] * 2 + [False] * 2])[:, :, None], logits, changed)
+    np.testing.assert_allclose(masked_cross_entropy(target, changed, 0.1)[0], loss, rtol=1e-6)
+
+
+def test_label_smoothing_spreads_mass_over_the_vocabulary():
+    logits = tf.math.log(tf.constant([[[0.97, 0.01, 0.01, 0.01]]]))
+    target = tf.constant([[0 + 1]])  # token 1, not padding
+    plain, _ = masked_cross_entropy(target, logits, 0.0)
+    smoothed, _ = masked_cross_entropy(target, logits, 0.2)
+    np.testing.assert_allclose(plain, -np.log(0.01), rtol=1e-5)
+    expected = -(0.8 + 0.05) * np.log(0.01) - 0.05 * (np.log(0.97) + 2 * np.log(0.01))
+    np.testing.assert_allclose(smoothed, expected, rtol=1e-5)
+
+
+def test_tiny_model_learns_the_toy_task(trained_toy, toy_data):
+    config, tokenizer, model = load_model(trained_toy)
+    sources = open(f"{toy_data}/test.src").read().splitlines()
+    references = open(f"{toy_data}/test.tgt").read().splitlines()
+    assert not set(sources) & set(open(f"{toy_data}/train.src").read().splitlines())  # held out
+    hypotheses = Translator(model, tokenizer, config.translate).translate(sources)
+    exact = np.mean([h == r for h, r in zip(hypotheses, references)])
+    assert exact >= 0.95, list(zip(hypotheses, references))[:5]
+    assert hypotheses[0] == " ".join(toy.translate(sources[0].split()))
+
+
+def test_model_directory_holds_everything(trained_toy):
+    names = set(os.listdir(trained_toy))
+    assert {"config.yaml", "spm.model", "checkpoints", "best", "validation.jsonl", "train.log",
+            "tensorboard"} <= names
+    history = [json.loads(line) for line in open(os.path.join(trained_toy, "validation.jsonl"))]
+    assert [h["step"] for h in history] == [200, 400, 600]
+    assert {"loss", "bleu", "chrf", "best_bleu"} <= set(history[0])
+    assert os.listdir(os.path.join(trained_toy, "tensorboard"))
+
+
+def test_resumed_run_continues_step_count_and_best_score(toy_data, tmp_path):
+    model_dir = str(tmp_path / "model")
+    values = toy_config(toy_data, **{"training.max_steps": 120, "training.validate_every": 60})
+    first = Trainer(config_from_dict(values), model_dir)
+    best = first.train()
+    assert first.step == 120 and best > 0
+    second = Trainer(config_from_dict(values, ["training.max_steps=180"]), model_dir)
+    second.train()
+    assert second.step == 180
+    history = [json.loads(line) for line in open(os.path.join(model_dir, "validation.jsonl"))]
+    assert [h["step"] for h in history] == [60, 120, 180]
+    assert history[2]["best_bleu"] >= history[1]["best_bleu"] == pytest.approx(best, abs=0.01)
+    log = open(os.path.join(model_dir, "train.log")).read()
+    assert "resumed from" in log and "at step 120" in log
+    # The optimizer state came back too: Adam's step counter continued.
+    assert int(second.optimizer.iterations.numpy()) == 180
+    # Running the finished command again does no more steps.
+    third = Trainer(config_from_dict(values, ["training.max_steps=180"]), model_dir)
+    third.train()
+    assert third.step == 180
+
+
+def test_early_stopping_after_patience_validations(toy_data, tmp_path):
+    values = toy_config(toy_data, **{"training.max_steps": 400, "training.validate_every": 20,
+                                     "training.patience": 2, "training.learning_rate": 1e-9})
+    trainer = Trainer(config_from_dict(values), str(tmp_path / "model"))
+    trainer.train()
+    assert trainer.step < 400
+    assert int(trainer.bad_validations.numpy()) == 2
+
+
+def test_changing_the_model_of_an_existing_directory_is_refused(toy_data, tmp_path, trained_toy):
+    from seq2seq.errors import UserError
+
+    with pytest.raises(UserError, match=r"was trained with model\.units=64, not 32"):
+        Trainer(config_from_dict(toy_config(toy_data, **{"model.units": 32})), trained_toy).train()
