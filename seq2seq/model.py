@@ -29,6 +29,14 @@ def _rnn_layer(cell, units, name):
     return _RNN_LAYERS[cell](units, return_sequences=True, return_state=True, name=name)
 
 
+def _embedding(vocab_size, embedding_dim, mask_zero=False):
+    """An embedding initialized N(0, 1): Keras's default (uniform ±0.05) feeds the recurrent layers
+    so weak a signal that training stalls near a unigram model for hundreds of steps on Multi30k
+    (training loss 4.75 vs 3.34 after 200 steps)."""
+    return keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=mask_zero, name="embedding",
+                                  embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0))
+
+
 def _track(layer, name, sublayers):
     """Sets ``sublayers`` as attributes ``name_0, name_1, ...`` of ``layer`` and returns them as a list.
 
@@ -96,7 +104,7 @@ class Encoder(keras.layers.Layer):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.bidirectional, self.dropout = num_layers, cell, bidirectional, dropout
-        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="embedding")
+        self.embedding = _embedding(vocab_size, embedding_dim, mask_zero=True)
         rnns = []
         for i in range(num_layers):
             layer = _RNN_LAYERS[cell](units, return_sequences=True, name=f"{cell}_{i}")
@@ -146,7 +154,7 @@ class Decoder(keras.layers.Layer):
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.attention_units = num_layers, cell, attention_units
         self.input_feeding, self.dropout = input_feeding, dropout
-        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
+        self.embedding = _embedding(vocab_size, embedding_dim)
         self.rnns = _track(self, "rnn", [_rnn_layer(cell, units, f"{cell}_{i}") for i in range(num_layers)])
         self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
         self.attention = BahdanauAttention(attention_units, name="attention")
