@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Translates text with a trained model, one output line per input line, in input order.
 
-    translate.py --model DIR [--input PATH|-] [--output PATH|-] [--batch-size N] [--reference PATH]
+    translate.py --model DIR [--input PATH|-] [--output PATH|-] [--beam-size N] [--n-best N]
+                 [--batch-size N] [--reference PATH]
 
-With --reference, sacrebleu's BLEU and chrF lines (with signatures) go to stderr.
+With --n-best N, each input line gives N lines ``index ||| translation ||| score`` (index from
+0, best first). With --reference, sacrebleu's BLEU and chrF lines (with signatures) go to stderr.
 """
 
 import argparse
@@ -23,7 +25,9 @@ def parse_args(argv):
     parser.add_argument("--input", default="-", help="source text, one sentence a line (default: stdin)")
     parser.add_argument("--output", default="-", help="where to write translations (default: stdout)")
     parser.add_argument("--beam-size", type=int, default=None,
-                        help="beam size; only 1 (greedy decoding) is implemented so far")
+                        help="beam size (default: translate.beam_size of the model's config); 1 is greedy")
+    parser.add_argument("--n-best", type=int, default=None,
+                        help="write the N best translations of each line as 'index ||| translation ||| score'")
     parser.add_argument("--batch-size", type=int, default=None, help="sentences per batch (default: from config)")
     parser.add_argument("--reference", help="reference translations: print BLEU and chrF to stderr")
     return parser.parse_args(argv)
@@ -50,9 +54,12 @@ def main(argv=None):
     args = parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
-    if args.beam_size is not None and args.beam_size != 1:
-        raise UserError(f"--beam-size {args.beam_size}: beam search is not implemented yet; use --beam-size 1")
-    read_model_config(args.model)  # fail fast, before TensorFlow loads
+    if args.beam_size is not None and args.beam_size < 1:
+        raise UserError(f"--beam-size must be positive, got {args.beam_size}")
+    config = read_model_config(args.model)  # fail fast, before TensorFlow loads
+    beam_size = args.beam_size or config.translate.beam_size
+    if args.n_best is not None and not 1 <= args.n_best <= beam_size:
+        raise UserError(f"--n-best must be between 1 and the beam size ({beam_size}), got {args.n_best}")
     references = _read_references(args.reference) if args.reference else None
     source = _open_text(args.input, "r") or contextlib.nullcontext(
         io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace"))
@@ -63,10 +70,16 @@ def main(argv=None):
     from seq2seq.translate import Translator, score
 
     config, tokenizer, model = load_model(args.model)
-    translator = Translator(model, tokenizer, config.translate)
+    translator = Translator(model, tokenizer, config.translate, beam_size, args.n_best or 1)
+
+    def write(out, index, hypotheses):
+        if args.n_best is None:
+            out.write(hypotheses[0][0] + "\n")
+        else:
+            out.writelines(f"{index} ||| {text} ||| {score:.4f}\n" for text, score in hypotheses)
 
     with source as lines, target as out:
-        hypotheses = translator.translate_stream(lines, lambda text: out.write(text + "\n"), args.batch_size)
+        hypotheses = translator.translate_stream(lines, lambda i, hyps: write(out, i, hyps), args.batch_size)
     if references is not None:
         if len(references) != len(hypotheses):
             raise DataError(f"{args.reference} has {len(references)} lines but {args.input} has "

@@ -58,6 +58,7 @@ class TrainingConfig:
     label_smoothing: float = 0.1
     validate_every: int = 500  # steps
     patience: int = 5  # validations without a better BLEU before stopping
+    validation_beam_size: int = 1  # beam size of the validation translations (1: greedy)
     keep_checkpoints: int = 3
     shuffle_buffer: int = 100_000  # sentence pairs
     log_every: int = 50  # steps between progress lines in train.log
@@ -156,8 +157,8 @@ def _validate(config):
         require(getattr(m, key) > 0, f"model.{key}", "must be positive")
     require(m.attention_units is None or m.attention_units > 0, "model.attention_units", "must be positive")
     require(0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)")
-    for key in ("batch_tokens", "max_length", "epochs", "validate_every", "patience", "keep_checkpoints",
-                "shuffle_buffer", "log_every"):
+    for key in ("batch_tokens", "max_length", "epochs", "validate_every", "patience", "validation_beam_size",
+                "keep_checkpoints", "shuffle_buffer", "log_every"):
         require(getattr(tr, key) > 0, f"training.{key}", "must be positive")
     require(tr.max_steps is None or tr.max_steps > 0, "training.max_steps", "must be positive or null")
     require(tr.learning_rate > 0, "training.learning_rate", "must be positive")

@@ -1,14 +1,43 @@
-"""Decoding as a TensorFlow graph: one ``tf.while_loop`` over time for a whole batch.
+"""Beam search as one TensorFlow graph: a ``tf.while_loop`` over time, fixed [batch × beam] shapes.
 
-Each sentence stops at its own EOS, or at its length limit
-``max(min_length, ceil(max_length_ratio × source length))``; the loop ends when every sentence
-of the batch has stopped. ``Searcher`` wraps the search in a ``tf.function`` with a fixed
-input signature, so any batch shape runs through one trace.
+The same search serves validation, ``translate.py`` and the exported SavedModel; beam size 1 is
+greedy decoding.
+
+- The source is encoded once per batch (attention keys projected once); the encoder memory and
+  the decoder state are tiled to ``batch × beam`` rows, never re-encoded.
+- Each step extends every alive hypothesis by every token and keeps the ``beam`` best
+  extensions (cumulative log-probability) among those of the sentence's alive hypotheses. An
+  extension that ends in EOS is finished: it moves to the sentence's finished list, is never
+  extended again, and its beam slot closes, so a sentence holds at most ``beam`` hypotheses,
+  alive and finished together. With beam 1 this is exactly greedy decoding.
+- Finished hypotheses are ranked by their length-normalized score
+  ``log P(y | x) / lp(|y|)`` with GNMT's length penalty ``lp(n) = ((5 + n) / 6) ** α``
+  (Wu et al., 2016, §7; ``translate.length_penalty`` is α; 0 ranks by log-probability alone).
+  ``|y|`` counts the EOS.
+- A sentence is done when no hypothesis is alive, when its best finished score can no longer
+  be beaten (log-probabilities only fall, so an alive hypothesis can at best reach
+  ``logp / lp(limit)``), or at its length limit ``max(min_length, ceil(ratio × source
+  length))``, where the alive hypotheses are finished as they are (without EOS). The loop
+  ends when every sentence is done.
 """
+
+from collections import namedtuple
 
 import tensorflow as tf
 
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+NEG_INF = -1e9
+
+SearchResult = namedtuple("SearchResult", "tokens scores log_probs lengths attention")
+SearchResult.__doc__ = """Hypotheses of a batch, best first for each sentence.
+
+tokens: int32 [batch, beam, out_len], ``pieces + [EOS]`` (no EOS if the length limit cut it),
+  padded with PAD_ID. scores: float32 [batch, beam], the length-normalized scores (NEG_INF for
+  unused slots). log_probs: float32 [batch, beam], log P(y | x). lengths: int32 [batch, beam],
+  tokens counting EOS. attention: float32 [batch, beam, out_len, src_len], the attention
+  weights that produced each output token.
+"""
 
 
 def length_limits(source, max_length_ratio, min_length):
@@ -24,55 +53,130 @@ def length_limits(source, max_length_ratio, min_length):
     return tf.maximum(limit, min_length)
 
 
-def greedy_search(model, source, max_length_ratio, min_length):
-    """Greedy decoding: the most probable token at every step.
+def length_penalty(length, alpha):
+    """GNMT's lp(n) = ((5 + n) / 6) ** α. length: int32 tensor -> float32 tensor of its shape."""
+    return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, alpha)
+
+
+def _tile(tensor, beam):
+    """[batch, ...] -> [batch * beam, ...], each row repeated ``beam`` times."""
+    return tf.repeat(tensor, beam, axis=0)
+
+
+def _set_column(tensor, t, values):
+    """tensor [batch, beam, T, ...] with position t set to values [batch, beam, ...]."""
+    at_t = tf.reshape(tf.equal(tf.range(tf.shape(tensor)[2]), t), [1, 1, -1] + [1] * (len(tensor.shape) - 3))
+    return tf.where(at_t, tf.expand_dims(values, 2), tensor)
+
+
+def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n_best=1):
+    """Batched beam search (see the module docstring).
 
     Args:
-      model: a ``Seq2Seq``.
+      model: a ``Seq2Seq`` (anything with ``encode`` and ``decode_step``).
       source: int32 [batch, src_len], each row ``pieces + [EOS]`` padded with PAD_ID.
+      beam_size: python int K ≥ 1.
+      alpha: the length penalty α.
+      n_best: python int ≤ beam_size: a sentence is done only once its ``n_best``-th best finished
+        hypothesis can no longer be beaten, so that ``n_best`` hypotheses are always returned.
     Returns:
-      tokens: int32 [batch, out_len], each row ``pieces + [EOS]`` (no EOS if the limit cut it),
-        padded with PAD_ID.
-      scores: float32 [batch], the sum of the chosen tokens' log-probabilities.
-      attention: float32 [batch, out_len, src_len], the attention weights of each output token.
+      a SearchResult with ``beam_size`` hypotheses per sentence, best first.
     """
-    batch = tf.shape(source)[0]
-    limits = length_limits(source, max_length_ratio, min_length)
+    k = beam_size
+    batch, src_len = tf.shape(source)[0], tf.shape(source)[1]
+    limits = length_limits(source, max_length_ratio, min_length)  # [batch]
+    max_steps = tf.reduce_max(limits)
     memory, state = model.encode(source)
-    tokens = tf.TensorArray(tf.int32, size=0, dynamic_size=True)
-    attention = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
+    memory = tf.nest.map_structure(lambda x: _tile(x, k), memory)
+    state = tf.nest.map_structure(lambda x: _tile(x, k), state)
+    # Rows of the flattened [batch * beam] tensors: the first row of each sentence starts alive.
+    batch_offsets = tf.range(batch)[:, None] * k  # [batch, 1]
+    alive_logp = tf.tile(tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)[None], [batch, 1])
+    alive_tokens = tf.zeros([batch, k, max_steps], tf.int32)
+    alive_attention = tf.zeros([batch, k, max_steps, src_len])
+    finished = {
+        "tokens": tf.zeros([batch, k, max_steps], tf.int32),
+        "attention": tf.zeros([batch, k, max_steps, src_len]),
+        "scores": tf.fill([batch, k], NEG_INF),
+        "log_probs": tf.fill([batch, k], NEG_INF),
+        "lengths": tf.zeros([batch, k], tf.int32),
+    }
+    last_token = tf.fill([batch * k], BOS_ID)
+    done = tf.zeros([batch], tf.bool)
 
-    def not_done(t, token, finished, *_):
-        return tf.logical_not(tf.reduce_all(finished))
+    def not_done(t, done, *_):
+        return tf.logical_not(tf.reduce_all(done))
 
-    def body(t, token, finished, scores, state, tokens, attention):
-        log_probs, state, weights = model.decode_step(token, state, memory)
-        best = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
-        best = tf.where(finished, PAD_ID, best)
-        best_score = tf.gather(log_probs, best, batch_dims=1)
-        scores += tf.where(finished, 0.0, best_score)
-        weights = tf.where(finished[:, None], 0.0, tf.cast(weights, tf.float32))
-        finished = finished | tf.equal(best, EOS_ID) | (t + 1 >= limits)
-        return t + 1, best, finished, scores, state, tokens.write(t, best), attention.write(t, weights)
+    def body(t, done, last_token, state, alive_logp, open_slots, alive_tokens, alive_attention, finished):
+        log_probs, state, weights = model.decode_step(last_token, state, memory)
+        vocab = tf.shape(log_probs)[-1]
+        log_probs = tf.reshape(log_probs, [batch, k, vocab])
+        weights = tf.reshape(tf.cast(weights, tf.float32), [batch, k, src_len])
+        # Extensions of alive hypotheses only (closed slots and done sentences have NEG_INF).
+        alive_logp = tf.where(done[:, None], NEG_INF, alive_logp)
+        candidates = tf.reshape(alive_logp[:, :, None] + log_probs, [batch, k * vocab])
+        top_logp, top_index = tf.math.top_k(candidates, k)  # [batch, k], best first
+        parent, token = top_index // vocab, top_index % vocab
+        # Keep as many extensions as the sentence has open slots (beam size - finished so far).
+        valid = (tf.range(k)[None, :] < open_slots[:, None]) & (top_logp > NEG_INF / 2)
+        at_limit = (t + 1 >= limits)[:, None]
+        finishing = valid & (tf.equal(token, EOS_ID) | at_limit)
+        staying = valid & tf.logical_not(finishing)
 
-    start = (tf.constant(0), tf.fill([batch], BOS_ID), tf.zeros([batch], tf.bool), tf.zeros([batch]), state,
-             tokens, attention)
-    _, _, _, scores, _, tokens, attention = tf.while_loop(not_done, body, start)
-    return (tf.transpose(tokens.stack()), scores, tf.transpose(attention.stack(), [1, 0, 2]))
+        tokens = _set_column(tf.gather(alive_tokens, parent, batch_dims=1), t, token)
+        attention = _set_column(tf.gather(alive_attention, parent, batch_dims=1), t,
+                                tf.gather(weights, parent, batch_dims=1))
+        length = t + 1
+        scores = tf.where(finishing, top_logp / length_penalty(length, alpha), NEG_INF)
+        # Merge the newly finished into the finished lists, best first (at most k ever finish).
+        merged_scores = tf.concat([finished["scores"], scores], axis=1)
+        best_scores, order = tf.math.top_k(merged_scores, k)
+        new = {"tokens": tokens, "attention": attention, "scores": scores,
+               "log_probs": tf.where(finishing, top_logp, NEG_INF), "lengths": tf.fill([batch, k], length)}
+        finished = {name: tf.gather(tf.concat([finished[name], new[name]], axis=1), order, batch_dims=1)
+                    for name in finished}
+        finished["scores"] = best_scores
+
+        alive_logp = tf.where(staying, top_logp, NEG_INF)
+        open_slots -= tf.reduce_sum(tf.cast(finishing, tf.int32), axis=1)
+        best_alive = tf.reduce_max(alive_logp, axis=1)
+        unbeatable = finished["scores"][:, n_best - 1] >= best_alive / length_penalty(limits, alpha)
+        done = done | tf.logical_not(tf.reduce_any(staying, axis=1)) | unbeatable | at_limit[:, 0]
+        rows = tf.reshape(batch_offsets + parent, [-1])
+        state = tf.nest.map_structure(lambda x: tf.gather(x, rows), state)
+        return (t + 1, done, tf.reshape(token, [-1]), state, alive_logp, open_slots, tokens, attention,
+                finished)
+
+    open_slots = tf.fill([batch], k)
+    *_, finished = tf.while_loop(
+        not_done, body,
+        (tf.constant(0), done, last_token, state, alive_logp, open_slots, alive_tokens, alive_attention, finished))
+    # Trim to the longest hypothesis and blank everything past each hypothesis' length.
+    out_len = tf.reduce_max(finished["lengths"])
+    inside = tf.range(out_len)[None, None, :] < finished["lengths"][:, :, None]
+    tokens = tf.where(inside, finished["tokens"][:, :, :out_len], PAD_ID)
+    attention = tf.where(inside[..., None], finished["attention"][:, :, :out_len], 0.0)
+    return SearchResult(tokens, finished["scores"], finished["log_probs"], finished["lengths"], attention)
 
 
 class Searcher:
-    """Compiled search for one model: ``searcher(source)`` -> (tokens, scores, attention) tensors."""
+    """Compiled beam search for one model: ``searcher(source)`` -> SearchResult of tensors.
 
-    def __init__(self, model, max_length_ratio, min_length):
+    One ``tf.function`` with a fixed input signature: any batch shape runs through one trace.
+    """
+
+    def __init__(self, model, beam_size, length_penalty, max_length_ratio, min_length, n_best=1):
+        if not 1 <= n_best <= beam_size:
+            raise ValueError(f"n_best must be between 1 and the beam size {beam_size}, got {n_best}")
         self.model = model
-        self.max_length_ratio = float(max_length_ratio)
-        self.min_length = int(min_length)
-        self._search = tf.function(self._greedy, input_signature=[tf.TensorSpec([None, None], tf.int32)])
+        self.beam_size, self.alpha, self.n_best = int(beam_size), float(length_penalty), int(n_best)
+        self.max_length_ratio, self.min_length = float(max_length_ratio), int(min_length)
+        self._search = tf.function(self._run, input_signature=[tf.TensorSpec([None, None], tf.int32)])
 
-    def _greedy(self, source):
-        return greedy_search(self.model, source, self.max_length_ratio, self.min_length)
+    def _run(self, source):
+        return beam_search(self.model, source, self.beam_size, self.alpha, self.max_length_ratio,
+                           self.min_length, self.n_best)
 
     def __call__(self, source):
-        """source: int32 [batch, src_len] (numpy or tensor) -> tokens, scores, attention."""
+        """source: int32 [batch, src_len] (numpy or tensor) -> SearchResult."""
         return self._search(tf.convert_to_tensor(source, tf.int32))

@@ -162,7 +162,7 @@ class Trainer:
             tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)])
         self.eval_step = tf.function(self._eval_step, input_signature=[
             tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)])
-        self.translator = Translator(self.model, self.tokenizer, cfg.translate)
+        self.translator = Translator(self.model, self.tokenizer, cfg.translate, cfg.training.validation_beam_size)
 
     @property
     def step(self):
@@ -187,7 +187,7 @@ class Trainer:
     # -- validation ----------------------------------------------------------------------------
 
     def validate(self):
-        """Validation loss and greedy BLEU; saves the best model; returns True if BLEU improved."""
+        """Validation loss and BLEU (``validation_beam_size``, greedy by default); saves the best model."""
         started = time.time()
         loss_sum = tokens = 0.0
         for source, target in self.valid_batches:

@@ -17,31 +17,49 @@ CHUNK_LINES = 4096  # input lines sorted and translated together
 
 
 class Translator:
-    """Translates lists of sentences with one model; the search is compiled once."""
+    """Translates lists of sentences with one model; the search is compiled once.
 
-    def __init__(self, model, tokenizer, translate_config):
+    ``beam_size`` defaults to ``translate.beam_size``; 1 is greedy decoding. ``n_best``
+    hypotheses are kept per sentence (at most ``beam_size``).
+    """
+
+    def __init__(self, model, tokenizer, translate_config, beam_size=None, n_best=1):
         self.model, self.tokenizer, self.config = model, tokenizer, translate_config
-        self.searcher = Searcher(model, translate_config.max_length_ratio, translate_config.min_output_length)
+        self.beam_size = beam_size or translate_config.beam_size
+        self.n_best = n_best
+        self.searcher = Searcher(model, self.beam_size, translate_config.length_penalty,
+                                 translate_config.max_length_ratio, translate_config.min_output_length, n_best)
 
-    def translate(self, lines, batch_size=None):
-        """Translates ``lines`` (list of str); returns a list of str of the same length and order."""
+    def hypotheses(self, lines, batch_size=None):
+        """The ``n_best`` best translations of each line, best first, as ``(text, score)`` pairs.
+
+        Returns a list with one list per input line; an empty or whitespace-only line gets one
+        empty translation with score 0.
+        """
         batch_size = batch_size or self.config.batch_size
-        outputs = [""] * len(lines)
+        outputs = [[("", 0.0)] for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
         encoded = self.tokenizer.encode_source([lines[i] for i in todo])
         # Sorting by length keeps padding low; outputs go back to their input positions.
         order = sorted(range(len(todo)), key=lambda k: len(encoded[k]))
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            tokens, _, _ = self.searcher(pad([encoded[k] for k in chunk]))
-            for k, text in zip(chunk, self.tokenizer.decode_target(np.asarray(tokens))):
-                outputs[todo[k]] = text
+            result = self.searcher(pad([encoded[k] for k in chunk]))
+            tokens, scores = np.asarray(result.tokens), np.asarray(result.scores)
+            for row, k in enumerate(chunk):
+                texts = self.tokenizer.decode_target(tokens[row, : self.n_best])
+                outputs[todo[k]] = list(zip(texts, scores[row, : self.n_best].tolist()))
         return outputs
 
-    def translate_stream(self, lines, write, batch_size=None):
-        """Translates an iterable of lines chunk by chunk, calling ``write(text)`` for each output line.
+    def translate(self, lines, batch_size=None):
+        """Translates ``lines`` (list of str); returns the best translations, same length and order."""
+        return [best[0][0] for best in self.hypotheses(lines, batch_size)]
 
-        Returns the list of translations (for scoring).
+    def translate_stream(self, lines, write, batch_size=None):
+        """Translates an iterable of lines chunk by chunk, calling ``write(index, hypotheses)`` per line.
+
+        ``hypotheses`` is the line's list of ``(text, score)``, best first. Returns the list of best
+        translations (for scoring).
         """
         translations = []
         lines = iter(lines)
@@ -49,15 +67,15 @@ class Translator:
             chunk = [line.rstrip("\r\n") for line in itertools.islice(lines, CHUNK_LINES)]
             if not chunk:
                 return translations
-            for text in self.translate(chunk, batch_size):
-                write(text)
-                translations.append(text)
+            for hypotheses in self.hypotheses(chunk, batch_size):
+                write(len(translations), hypotheses)
+                translations.append(hypotheses[0][0])
 
 
 def score(hypotheses, references):
     """Corpus BLEU and chrF of detokenized ``hypotheses`` against one reference each.
 
-    Returns two lines, sacrebleu's scores with their signatures, and the BLEU score object.
+    Returns two lines, sacrebleu's scores with their signatures, and the BLEU and chrF objects.
     """
     bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
     bleu_score = bleu.corpus_score(hypotheses, [references])

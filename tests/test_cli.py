@@ -104,3 +104,22 @@ def test_translate_files_and_reference_prints_bleu_and_chrf(trained_toy, toy_dat
     assert len(bleu) == 1 and "tok:13a" in bleu[0] and "version:" in bleu[0]
     assert len(chrf) == 1
     assert float(bleu[0].split(" = ")[1].split()[0]) > 90
+
+
+def test_translate_n_best_format(trained_toy):
+    result = run_script("translate.py", "--model", trained_toy, "--beam-size", "3", "--n-best", "2",
+                        stdin="s1 s2 s3\n\ns4 s5 s6\n")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" ||| ") for line in result.stdout.splitlines()]
+    assert [int(r[0]) for r in rows] == [0, 0, 1, 2, 2]  # an empty line has one empty hypothesis
+    assert rows[0][1] == " ".join(toy.translate(["s1", "s2", "s3"])) and rows[2][1] == ""
+    assert float(rows[0][2]) >= float(rows[1][2])
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--beam-size", "0"], "--beam-size must be positive"),
+    (["--beam-size", "2", "--n-best", "3"], "--n-best must be between 1 and the beam size (2)"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+])
+def test_translate_bad_options(trained_toy, args, fragment):
+    assert_one_line_error(run_script("translate.py", "--model", trained_toy, *args, stdin="s1\n"), fragment)
