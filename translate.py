@@ -2,15 +2,19 @@
 """Translates text with a trained model, one output line per input line, in input order.
 
     translate.py --model DIR [--input PATH|-] [--output PATH|-] [--beam-size N] [--n-best N]
-                 [--batch-size N] [--reference PATH]
+                 [--alignments] [--plot-attention DIR] [--batch-size N] [--reference PATH]
 
 With --n-best N, each input line gives N lines ``index ||| translation ||| score`` (index from
-0, best first). With --reference, sacrebleu's BLEU and chrF lines (with signatures) go to stderr.
+0, best first). --alignments appends `` ||| i-j ...`` to each translation: for each output
+subword j, the source subword i with the highest attention. --plot-attention DIR writes
+DIR/<line>.png, a heatmap of each best translation's attention. With --reference, sacrebleu's
+BLEU and chrF lines (with signatures) go to stderr.
 """
 
 import argparse
 import contextlib
 import io
+import os
 import sys
 
 from seq2seq.corpus import read_lines
@@ -28,6 +32,9 @@ def parse_args(argv):
                         help="beam size (default: translate.beam_size of the model's config); 1 is greedy")
     parser.add_argument("--n-best", type=int, default=None,
                         help="write the N best translations of each line as 'index ||| translation ||| score'")
+    parser.add_argument("--alignments", action="store_true",
+                        help="append ' ||| i-j ...' subword alignments (source i, output j) to each translation")
+    parser.add_argument("--plot-attention", metavar="DIR", help="write an attention heatmap PNG per line into DIR")
     parser.add_argument("--batch-size", type=int, default=None, help="sentences per batch (default: from config)")
     parser.add_argument("--reference", help="reference translations: print BLEU and chrF to stderr")
     return parser.parse_args(argv)
@@ -67,19 +74,30 @@ def main(argv=None):
 
     import_tensorflow()
     from seq2seq.model_dir import load_model
-    from seq2seq.translate import Translator, score
+    from seq2seq.plots import plot_attention
+    from seq2seq.translate import Translator, alignment, score
 
     config, tokenizer, model = load_model(args.model)
     translator = Translator(model, tokenizer, config.translate, beam_size, args.n_best or 1)
 
+    attention = args.alignments or args.plot_attention is not None
+    if args.plot_attention:
+        os.makedirs(args.plot_attention, exist_ok=True)
+
     def write(out, index, hypotheses):
-        if args.n_best is None:
-            out.write(hypotheses[0][0] + "\n")
-        else:
-            out.writelines(f"{index} ||| {text} ||| {score:.4f}\n" for text, score in hypotheses)
+        for h in hypotheses if args.n_best else hypotheses[:1]:
+            fields = [str(index), h.text, f"{h.score:.4f}"] if args.n_best else [h.text]
+            if args.alignments:
+                fields.append(alignment(h))
+            out.write(" ||| ".join(fields) + "\n")
+        best = hypotheses[0]
+        if args.plot_attention and best.target_pieces:
+            plot_attention(best.source_pieces, best.target_pieces, best.attention,
+                           os.path.join(args.plot_attention, f"{index}.png"), title=best.text)
 
     with source as lines, target as out:
-        hypotheses = translator.translate_stream(lines, lambda i, hyps: write(out, i, hyps), args.batch_size)
+        hypotheses = translator.translate_stream(lines, lambda i, hyps: write(out, i, hyps), args.batch_size,
+                                                 attention)
     if references is not None:
         if len(references) != len(hypotheses):
             raise DataError(f"{args.reference} has {len(references)} lines but {args.input} has "

@@ -6,6 +6,7 @@ or a pipe is translated with bounded memory and output starts before the input e
 """
 
 import itertools
+from collections import namedtuple
 
 import numpy as np
 import sacrebleu
@@ -14,6 +15,11 @@ from seq2seq.dataset import pad
 from seq2seq.search import Searcher
 
 CHUNK_LINES = 4096  # input lines sorted and translated together
+
+Hypothesis = namedtuple("Hypothesis", "text score source_pieces target_pieces attention")
+Hypothesis.__doc__ = """One translation: detokenized ``text``, its length-normalized ``score``; with
+attention requested, the source and output subword pieces (EOS included) and the attention
+weights, float [len(target_pieces), len(source_pieces)] (else None, None, None)."""
 
 
 class Translator:
@@ -30,14 +36,14 @@ class Translator:
         self.searcher = Searcher(model, self.beam_size, translate_config.length_penalty,
                                  translate_config.max_length_ratio, translate_config.min_output_length, n_best)
 
-    def hypotheses(self, lines, batch_size=None):
-        """The ``n_best`` best translations of each line, best first, as ``(text, score)`` pairs.
+    def hypotheses(self, lines, batch_size=None, attention=False):
+        """The ``n_best`` best translations of each line, best first, as Hypothesis tuples.
 
         Returns a list with one list per input line; an empty or whitespace-only line gets one
-        empty translation with score 0.
+        empty translation with score 0. ``attention=True`` fills in the pieces and attention weights.
         """
         batch_size = batch_size or self.config.batch_size
-        outputs = [[("", 0.0)] for _ in lines]
+        outputs = [[Hypothesis("", 0.0, [], [], np.zeros((0, 0)) if attention else None)] for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
         encoded = self.tokenizer.encode_source([lines[i] for i in todo])
         # Sorting by length keeps padding low; outputs go back to their input positions.
@@ -46,19 +52,29 @@ class Translator:
             chunk = order[start:start + batch_size]
             result = self.searcher(pad([encoded[k] for k in chunk]))
             tokens, scores = np.asarray(result.tokens), np.asarray(result.scores)
+            lengths = np.asarray(result.lengths)
+            weights = np.asarray(result.attention) if attention else None
             for row, k in enumerate(chunk):
                 texts = self.tokenizer.decode_target(tokens[row, : self.n_best])
-                outputs[todo[k]] = list(zip(texts, scores[row, : self.n_best].tolist()))
+                outputs[todo[k]] = [
+                    Hypothesis(text, float(scores[row, j]), *(self._pieces(encoded[k], tokens[row, j],
+                               weights[row, j], lengths[row, j]) if attention else (None, None, None)))
+                    for j, text in enumerate(texts)]
         return outputs
+
+    def _pieces(self, source_ids, target_ids, weights, length):
+        source = [self.tokenizer.source.id_to_piece(int(i)) for i in source_ids]
+        target = [self.tokenizer.target.id_to_piece(int(i)) for i in target_ids[:length]]
+        return source, target, weights[:length, : len(source_ids)]
 
     def translate(self, lines, batch_size=None):
         """Translates ``lines`` (list of str); returns the best translations, same length and order."""
-        return [best[0][0] for best in self.hypotheses(lines, batch_size)]
+        return [best[0].text for best in self.hypotheses(lines, batch_size)]
 
-    def translate_stream(self, lines, write, batch_size=None):
+    def translate_stream(self, lines, write, batch_size=None, attention=False):
         """Translates an iterable of lines chunk by chunk, calling ``write(index, hypotheses)`` per line.
 
-        ``hypotheses`` is the line's list of ``(text, score)``, best first. Returns the list of best
+        ``hypotheses`` is the line's list of Hypothesis, best first. Returns the list of best
         translations (for scoring).
         """
         translations = []
@@ -67,9 +83,17 @@ class Translator:
             chunk = [line.rstrip("\r\n") for line in itertools.islice(lines, CHUNK_LINES)]
             if not chunk:
                 return translations
-            for hypotheses in self.hypotheses(chunk, batch_size):
+            for hypotheses in self.hypotheses(chunk, batch_size, attention):
                 write(len(translations), hypotheses)
-                translations.append(hypotheses[0][0])
+                translations.append(hypotheses[0].text)
+
+
+def alignment(hypothesis):
+    """Pharaoh-format alignment ``"i-j ..."``: for each output piece j (EOS excluded), the source
+    piece i it attends to most."""
+    pieces = hypothesis.target_pieces
+    count = len(pieces) - 1 if pieces and pieces[-1] == "</s>" else len(pieces)
+    return " ".join(f"{int(np.argmax(hypothesis.attention[j]))}-{j}" for j in range(count))
 
 
 def score(hypotheses, references):

@@ -123,3 +123,19 @@ def test_translate_n_best_format(trained_toy):
 ])
 def test_translate_bad_options(trained_toy, args, fragment):
     assert_one_line_error(run_script("translate.py", "--model", trained_toy, *args, stdin="s1\n"), fragment)
+
+
+def test_translate_alignments_and_attention_plots(trained_toy, tmp_path):
+    plots = tmp_path / "plots"
+    result = run_script("translate.py", "--model", trained_toy, "--beam-size", "2", "--alignments",
+                        "--plot-attention", str(plots), stdin="s1 s2 s3 s4\n\ns5 s6 s7\n")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    text, links = lines[0].split(" ||| ")
+    assert text == " ".join(toy.translate(["s1", "s2", "s3", "s4"]))
+    # The toy task reverses the words: output word j attends to source word 3 - j.
+    assert links == "3-0 2-1 1-2 0-3"
+    assert lines[1] == " ||| "
+    assert sorted(p.name for p in plots.iterdir()) == ["0.png", "2.png"]
+    assert (plots / "0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
