@@ -16,6 +16,7 @@ import contextlib
 import io
 import os
 import sys
+import time
 
 from seq2seq.corpus import read_lines
 from seq2seq.errors import DataError, UserError, run_cli
@@ -37,6 +38,8 @@ def parse_args(argv):
     parser.add_argument("--plot-attention", metavar="DIR", help="write an attention heatmap PNG per line into DIR")
     parser.add_argument("--batch-size", type=int, default=None, help="sentences per batch (default: from config)")
     parser.add_argument("--reference", help="reference translations: print BLEU and chrF to stderr")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print the start-up and translation times (lines/s) to stderr")
     return parser.parse_args(argv)
 
 
@@ -77,8 +80,11 @@ def main(argv=None):
     from seq2seq.plots import plot_attention
     from seq2seq.translate import Translator, alignment, score
 
+    started = time.perf_counter()
     config, tokenizer, model = load_model(args.model)
     translator = Translator(model, tokenizer, config.translate, beam_size, args.n_best or 1)
+    translator.warm_up()
+    loaded = time.perf_counter()
 
     attention = args.alignments or args.plot_attention is not None
     if args.plot_attention:
@@ -98,6 +104,11 @@ def main(argv=None):
     with source as lines, target as out:
         hypotheses = translator.translate_stream(lines, lambda i, hyps: write(out, i, hyps), args.batch_size,
                                                  attention)
+    if args.verbose:
+        seconds = time.perf_counter() - loaded
+        print(f"translated {len(hypotheses)} lines in {seconds:.2f} s ({len(hypotheses) / max(seconds, 1e-9):.1f} "
+              f"lines/s, beam {beam_size}); model loaded and search compiled in "
+              f"{loaded - started:.2f} s", file=sys.stderr)
     if references is not None:
         if len(references) != len(hypotheses):
             raise DataError(f"{args.reference} has {len(references)} lines but {args.input} has "

@@ -13,6 +13,7 @@ import sacrebleu
 
 from seq2seq.dataset import pad
 from seq2seq.search import Searcher
+from seq2seq.tokenizer import EOS_ID
 
 CHUNK_LINES = 4096  # input lines sorted and translated together
 
@@ -35,6 +36,10 @@ class Translator:
         self.n_best = n_best
         self.searcher = Searcher(model, self.beam_size, translate_config.length_penalty,
                                  translate_config.max_length_ratio, translate_config.min_output_length, n_best)
+
+    def warm_up(self):
+        """Compiles the search (one trace serves every batch shape) on a one-token source."""
+        self.searcher(np.full((1, 1), EOS_ID, np.int32))
 
     def hypotheses(self, lines, batch_size=None, attention=False):
         """The ``n_best`` best translations of each line, best first, as Hypothesis tuples.
