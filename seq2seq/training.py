@@ -277,50 +277,53 @@ class Trainer:
         return True
 
     def _loop(self, total_steps):
-        cfg, tcfg = self.config, self.config.training
-        data = cfg.data
-        progress = Progress(self.step, total_steps, tcfg.log_every)
+        progress = Progress(self.step, total_steps, self.config.training.log_every)
         if self._early_stopped():
             return
-        while self.step < total_steps and int(self.epoch.numpy()) < tcfg.epochs:
-            epoch = int(self.epoch.numpy())
-            stats = CorpusStats()
-            for source, target in training_dataset(data.train_source, data.train_target, self.tokenizer, tcfg,
-                                                   epoch, stats):
-                loss, tokens = self.train_step(source, target)
-                loss = float(loss)
-                if not math.isfinite(loss):
-                    raise UserError(f"training diverged at step {self.step}: the loss is {loss}; lower "
-                                    "training.learning_rate or training.clip_norm and re-run to resume from "
-                                    "the last checkpoint")
-                step = self.step
-                progress.update(step, epoch, loss, int(tokens))
-                if step % tcfg.log_every == 0:
-                    with self.summaries.as_default(step=step):
-                        tf.summary.scalar("train/loss", loss)
-                if step % tcfg.validate_every == 0:
-                    progress.clear()
-                    started = time.time()
-                    self.validate()
-                    progress.start_time += time.time() - started  # keep tokens/s about training
-                    if self._early_stopped():
-                        return
-                if self.stop_signal is not None:
-                    progress.clear()
-                    path = self.checkpoints.save(checkpoint_number=step)
-                    log.info("stopped by signal %d at step %d; saved %s; re-run the same command to resume",
-                             self.stop_signal, step, path)
-                    return
-                if step >= total_steps:
-                    break
-            else:
-                self.epoch.assign_add(1)
-                progress.clear()
-                log.info("epoch %d done: %s", epoch + 1, stats.describe())
-                self.checkpoints.save(checkpoint_number=self.step)
-                continue
-            break
+        while self.step < total_steps and int(self.epoch.numpy()) < self.config.training.epochs:
+            if self._train_epoch(progress, total_steps):
+                return
         progress.clear()
         if int(self.last_validated.numpy()) != self.step:
             self.validate()
         log.info("training done at step %d; best validation BLEU %.2f", self.step, float(self.best_bleu.numpy()))
+
+    def _train_epoch(self, progress, total_steps):
+        """Trains to the end of the epoch or to ``total_steps``; returns True if training must stop
+        now (early stopping, or a signal)."""
+        cfg, tcfg = self.config, self.config.training
+        epoch = int(self.epoch.numpy())
+        stats = CorpusStats()
+        for source, target in training_dataset(cfg.data.train_source, cfg.data.train_target, self.tokenizer, tcfg,
+                                               epoch, stats):
+            loss, tokens = self.train_step(source, target)
+            loss = float(loss)
+            if not math.isfinite(loss):
+                raise UserError(f"training diverged at step {self.step}: the loss is {loss}; lower "
+                                "training.learning_rate or training.clip_norm and re-run to resume from "
+                                "the last checkpoint")
+            step = self.step
+            progress.update(step, epoch, loss, int(tokens))
+            if step % tcfg.log_every == 0:
+                with self.summaries.as_default(step=step):
+                    tf.summary.scalar("train/loss", loss)
+            if step % tcfg.validate_every == 0:
+                progress.clear()
+                started = time.time()
+                self.validate()
+                progress.start_time += time.time() - started  # keep tokens/s about training
+                if self._early_stopped():
+                    return True
+            if self.stop_signal is not None:
+                progress.clear()
+                path = self.checkpoints.save(checkpoint_number=step)
+                log.info("stopped by signal %d at step %d; saved %s; re-run the same command to resume",
+                         self.stop_signal, step, path)
+                return True
+            if step >= total_steps:
+                return False
+        self.epoch.assign_add(1)
+        progress.clear()
+        log.info("epoch %d done: %s", epoch + 1, stats.describe())
+        self.checkpoints.save(checkpoint_number=self.step)
+        return False
