@@ -46,15 +46,15 @@ def test_best_beam_hypothesis_never_scores_below_greedy(toy_model, test_sources)
     config, tokenizer, model = toy_model
     greedy = Translator(model, tokenizer, config.translate, beam_size=1).hypotheses(test_sources)
     beam = Translator(model, tokenizer, config.translate, beam_size=5).hypotheses(test_sources)
-    for (_, greedy_score), (_, beam_score) in zip((g[0] for g in greedy), (b[0] for b in beam)):
-        assert beam_score >= greedy_score - 1e-4
+    for greedy_best, beam_best in zip((g[0] for g in greedy), (b[0] for b in beam)):
+        assert beam_best.score >= greedy_best.score - 1e-4
 
 
 def test_n_best_lists_are_sorted_and_distinct(toy_model, test_sources):
     config, tokenizer, model = toy_model
     lists = Translator(model, tokenizer, config.translate, beam_size=5, n_best=4).hypotheses(test_sources[:50])
     for hypotheses in lists:
-        texts, scores = zip(*hypotheses)
+        texts, scores = [h.text for h in hypotheses], [h.score for h in hypotheses]
         assert len(hypotheses) == 4 and len(set(texts)) == 4
         assert list(scores) == sorted(scores, reverse=True)
 
