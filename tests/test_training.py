@@ -55,7 +55,8 @@ def test_model_directory_holds_everything(trained_toy):
 
 def test_resumed_run_continues_step_count_and_best_score(toy_data, tmp_path):
     model_dir = str(tmp_path / "model")
-    values = toy_config(toy_data, **{"training.max_steps": 120, "training.validate_every": 60})
+    values = toy_config(toy_data, **{"training.max_steps": 120, "training.validate_every": 60,
+                                     "training.validation_beam_size": 3})
     first = Trainer(config_from_dict(values), model_dir)
     best = first.train()
     assert first.step == 120 and best > 0
