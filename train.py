@@ -32,7 +32,10 @@ def main(argv=None):
     import_tensorflow()  # only once the arguments and data are known to be valid
     from seq2seq.training import Trainer
 
-    Trainer(config, model_dir).train()
+    trainer = Trainer(config, model_dir)
+    trainer.train()
+    if trainer.stop_signal is not None:  # stopped by Ctrl-C or SIGTERM, after saving a checkpoint
+        return 128 + trainer.stop_signal
 
 
 if __name__ == "__main__":

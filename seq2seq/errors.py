@@ -29,14 +29,13 @@ class ModelDirError(UserError):
 def run_cli(main, argv=None):
     """Runs ``main(argv)`` and turns a ``UserError`` into ``error: ...`` on stderr.
 
-    Returns the process exit status, for ``sys.exit``.
+    Returns the process exit status, for ``sys.exit``: ``main``'s return value, or 0.
     """
     try:
-        main(argv)
+        return main(argv) or 0
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0

@@ -139,3 +139,33 @@ def test_translate_alignments_and_attention_plots(trained_toy, tmp_path):
     assert lines[1] == " ||| "
     assert sorted(p.name for p in plots.iterdir()) == ["0.png", "2.png"]
     assert (plots / "0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ctrl_c_saves_a_checkpoint_and_a_rerun_resumes(toy_data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    values = toy_config(toy_data, **{"training.max_steps": 100000, "training.validate_every": 100000,
+                                     "training.log_every": 20})
+    config, model_dir = write_yaml(tmp_path / "c.yaml", values), tmp_path / "m"
+    process = subprocess.Popen([sys.executable, f"{ROOT}/train.py", "--config", config, "--model-dir",
+                                str(model_dir)], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    log = model_dir / "train.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and "step 20/" in log.read_text()):
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert "Traceback" not in stderr
+    stopped = int(log.read_text().split("stopped by signal 2 at step ")[1].split(";")[0])
+    assert stopped >= 20
+    result = run_script("train.py", "--config", config, "--model-dir", str(model_dir), "--set",
+                        f"training.max_steps={stopped + 10}")
+    assert result.returncode == 0, result.stderr
+    assert f"at step {stopped} " in log.read_text().split("resumed from")[1].splitlines()[0]
+    assert f"training done at step {stopped + 10};" in log.read_text()
