@@ -84,6 +84,21 @@ def _example_length(source, target):
     return tf.maximum(tf.shape(source)[0], tf.shape(target)[0])
 
 
+def _batched_pairs(source_path, target_path, tokenizer, training_config, stats, shuffle_seed=None):
+    """Encoded pairs (shuffled if ``shuffle_seed`` is given), bucketed by length, batched by tokens."""
+    cfg = training_config
+    signature = (tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32))
+    dataset = tf.data.Dataset.from_generator(
+        lambda: encoded_pairs(source_path, target_path, tokenizer, cfg.max_length, stats),
+        output_signature=signature)
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(cfg.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    boundaries = bucket_boundaries(cfg.max_length)
+    return dataset.bucket_by_sequence_length(
+        _example_length, boundaries, bucket_batch_sizes(boundaries, cfg.batch_tokens, cfg.max_length),
+        padded_shapes=([None], [None]), padding_values=(PAD_ID, PAD_ID))
+
+
 def training_dataset(source_path, target_path, tokenizer, training_config, epoch, stats=None):
     """One epoch of shuffled, length-bucketed, token-batched ``(source, target)`` batches.
 
@@ -91,17 +106,8 @@ def training_dataset(source_path, target_path, tokenizer, training_config, epoch
     batches padded with PAD_ID. Shuffling is seeded by ``training.seed`` and ``epoch``, so a
     resumed run sees the same order for the same epoch.
     """
-    cfg = training_config
-    signature = (tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32))
-    dataset = tf.data.Dataset.from_generator(
-        lambda: encoded_pairs(source_path, target_path, tokenizer, cfg.max_length, stats),
-        output_signature=signature)
-    dataset = dataset.shuffle(cfg.shuffle_buffer, seed=cfg.seed + epoch, reshuffle_each_iteration=False)
-    boundaries = bucket_boundaries(cfg.max_length)
-    dataset = dataset.bucket_by_sequence_length(
-        _example_length, boundaries, bucket_batch_sizes(boundaries, cfg.batch_tokens, cfg.max_length),
-        padded_shapes=([None], [None]), padding_values=(PAD_ID, PAD_ID))
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return _batched_pairs(source_path, target_path, tokenizer, training_config, stats,
+                          shuffle_seed=training_config.seed + epoch).prefetch(tf.data.AUTOTUNE)
 
 
 def estimate_batches(source_path, target_path, tokenizer, training_config):
@@ -117,32 +123,13 @@ def estimate_batches(source_path, target_path, tokenizer, training_config):
     return stats, sum(math.ceil(n / size) for n, size in zip(per_bucket, sizes))
 
 
-def evaluation_batches(source_path, target_path, tokenizer, max_length, batch_tokens):
-    """Validation batches for the loss: every non-empty pair, truncated to ``max_length``.
+def evaluation_batches(source_path, target_path, tokenizer, training_config):
+    """Validation batches for the loss: the training batches without shuffling (the pairs that
+    training skips are skipped here too), computed once.
 
-    Returns a list of ``(source, target)`` padded int32 numpy batches, sorted by length.
+    Returns a list of ``(source, target)`` padded int32 tensors.
     """
-    pairs = []
-    for _, source, target in read_parallel(source_path, target_path):
-        if source.strip() and target.strip():
-            pairs.append((source, target))
-    sources = tokenizer.encode_source([s for s, _ in pairs])
-    targets = [t + [EOS_ID] for t in tokenizer.encode_target([t for _, t in pairs])]
-    examples = sorted(((s[:max_length], t[:max_length]) for s, t in zip(sources, targets)),
-                      key=lambda p: max(len(p[0]), len(p[1])))
-    batches, start = [], 0
-    while start < len(examples):
-        longest = max(len(examples[start][0]), len(examples[start][1]))
-        end = start
-        while end < len(examples):
-            longest = max(longest, len(examples[end][0]), len(examples[end][1]))
-            if (end - start + 1) * longest > batch_tokens and end > start:
-                break
-            end += 1
-        chunk = examples[start:end]
-        batches.append((pad([s for s, _ in chunk]), pad([t for _, t in chunk])))
-        start = end
-    return batches
+    return list(_batched_pairs(source_path, target_path, tokenizer, training_config, CorpusStats()))
 
 
 def pad(sequences, length=None):

@@ -243,8 +243,7 @@ class Trainer:
             log.info("resumed from %s at step %d (epoch %d, best BLEU %.2f)", resumed, self.step,
                      int(self.epoch.numpy()) + 1, float(self.best_bleu.numpy()))
         self.summaries = tf.summary.create_file_writer(os.path.join(self.model_dir, md.TENSORBOARD))
-        self.valid_batches = evaluation_batches(data.valid_source, data.valid_target, self.tokenizer,
-                                                tcfg.max_length, tcfg.batch_tokens)
+        self.valid_batches = evaluation_batches(data.valid_source, data.valid_target, self.tokenizer, tcfg)
         valid_pairs = [(s, t) for _, s, t in read_parallel(data.valid_source, data.valid_target)]
         self.valid_sources = [s for s, _ in valid_pairs]
         self.valid_references = [t for _, t in valid_pairs]

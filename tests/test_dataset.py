@@ -76,7 +76,8 @@ def test_decoder_inputs_start_with_bos_and_shift_right():
 
 
 def test_evaluation_batches_keep_all_nonempty_pairs(toy_data, tokenizer):
-    batches = evaluation_batches(f"{toy_data}/valid.src", f"{toy_data}/valid.tgt", tokenizer, 20, 150)
+    config = TrainingConfig(batch_tokens=150, max_length=20)
+    batches = evaluation_batches(f"{toy_data}/valid.src", f"{toy_data}/valid.tgt", tokenizer, config)
     assert sum(source.shape[0] for source, _ in batches) == 200
     assert all(s.shape[0] * max(s.shape[1], t.shape[1]) <= 150 for s, t in batches)
 
