@@ -83,7 +83,7 @@ def main(argv=None):
     started = time.perf_counter()
     config, tokenizer, model = load_model(args.model)
     translator = Translator(model, tokenizer, config.translate, beam_size, args.n_best or 1)
-    translator.warm_up()
+    translator.warm_up(args.alignments or args.plot_attention is not None)
     loaded = time.perf_counter()
 
     attention = args.alignments or args.plot_attention is not None
@@ -101,9 +101,14 @@ def main(argv=None):
             plot_attention(best.source_pieces, best.target_pieces, best.attention,
                            os.path.join(args.plot_attention, f"{index}.png"), title=best.text)
 
+    def warn_truncated(index):
+        name = "<stdin>" if args.input == "-" else args.input
+        print(f"warning: {name}:{index + 1}: longer than translate.max_input_length="
+              f"{config.translate.max_input_length} subwords; translating its beginning only", file=sys.stderr)
+
     with source as lines, target as out:
         hypotheses = translator.translate_stream(lines, lambda i, hyps: write(out, i, hyps), args.batch_size,
-                                                 attention)
+                                                 attention, warn_truncated)
     if args.verbose:
         seconds = time.perf_counter() - loaded
         print(f"translated {len(hypotheses)} lines in {seconds:.2f} s ({len(hypotheses) / max(seconds, 1e-9):.1f} "

@@ -45,6 +45,7 @@ class ModelConfig:
     attention_units: typing.Optional[int] = None  # defaults to `units`
     input_feeding: bool = True  # feed the previous attentional vector into the decoder
     dropout: float = 0.3
+    tie_embeddings: bool = False  # the output layer reuses the target embedding matrix
 
 
 @dataclass
@@ -54,6 +55,10 @@ class TrainingConfig:
     epochs: int = 20
     max_steps: typing.Optional[int] = None
     learning_rate: float = 0.001
+    lr_decay_factor: float = 0.5  # the learning rate is multiplied by this ...
+    lr_decay_patience: int = 2  # ... after this many validations in a row without a better BLEU
+    min_learning_rate: float = 1e-5
+    average_checkpoints: int = 0  # at the end, average the last N validated models; keep them if better
     clip_norm: float = 1.0
     label_smoothing: float = 0.1
     validate_every: int = 500  # steps
@@ -72,6 +77,7 @@ class TranslateConfig:
     max_length_ratio: float = 2.0
     batch_size: int = 64  # sentences
     min_output_length: int = 10  # the decoding limit is max(min_output_length, ratio * source length)
+    max_input_length: int = 250  # longer source lines (in subwords, EOS included) are cut to this length
 
 
 @dataclass
@@ -162,6 +168,11 @@ def _validate(config):
         require(getattr(tr, key) > 0, f"training.{key}", "must be positive")
     require(tr.max_steps is None or tr.max_steps > 0, "training.max_steps", "must be positive or null")
     require(tr.learning_rate > 0, "training.learning_rate", "must be positive")
+    require(0 < tr.lr_decay_factor <= 1, "training.lr_decay_factor", "must be in (0, 1] (1: no decay)")
+    require(tr.lr_decay_patience > 0, "training.lr_decay_patience", "must be positive")
+    require(0 < tr.min_learning_rate <= tr.learning_rate, "training.min_learning_rate",
+            "must be positive and at most training.learning_rate")
+    require(tr.average_checkpoints >= 0, "training.average_checkpoints", "must be non-negative (0: off)")
     require(tr.clip_norm > 0, "training.clip_norm", "must be positive")
     require(0 <= tr.label_smoothing < 1, "training.label_smoothing", "must be in [0, 1)")
     require(tr.batch_tokens >= tr.max_length + 1, "training.batch_tokens",
@@ -171,6 +182,7 @@ def _validate(config):
     require(tl.max_length_ratio > 0, "translate.max_length_ratio", "must be positive")
     require(tl.batch_size > 0, "translate.batch_size", "must be positive")
     require(tl.min_output_length > 0, "translate.min_output_length", "must be positive")
+    require(tl.max_input_length > 1, "translate.max_input_length", "must be at least 2 (a subword and EOS)")
 
 
 def parse_override(text):

@@ -140,6 +140,35 @@ class Encoder(keras.layers.Layer):
                 "bidirectional": self.bidirectional, "dropout": self.dropout}
 
 
+class TiedOutput(keras.layers.Layer):
+    """Output layer that shares its weights with the target embedding (Press & Wolf, 2017).
+
+    ``logits = (W x) Eᵀ / √d + b``: the attentional vector is projected to the embedding size d
+    (skipped when both sizes agree) and scored against every target embedding. The embeddings
+    start N(0, 1) for the recurrent input, so without the 1/√d the initial logits would be about
+    √d times larger than an untied output layer's and training starts far slower.
+    """
+
+    def __init__(self, embedding, units, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding = embedding
+        self.units = units
+        self.projection = (None if units == embedding.output_dim else
+                           keras.layers.Dense(embedding.output_dim, use_bias=False, name="projection"))
+
+    def build(self, input_shape):
+        if self.projection is not None:
+            self.projection.build(input_shape)
+        self.bias = self.add_weight(name="bias", shape=(self.embedding.input_dim,), initializer="zeros")
+        self.built = True
+
+    def call(self, x):
+        if self.projection is not None:
+            x = self.projection(x)
+        embeddings = tf.cast(self.embedding.embeddings, x.dtype) * (self.embedding.output_dim ** -0.5)
+        return tf.matmul(x, embeddings, transpose_b=True) + tf.cast(self.bias, x.dtype)
+
+
 class Decoder(keras.layers.Layer):
     """Attentional recurrent decoder (see the module docstring for the data flow).
 
@@ -149,18 +178,19 @@ class Decoder(keras.layers.Layer):
     """
 
     def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, attention_units, input_feeding,
-                 dropout, **kwargs):
+                 dropout, tie_embeddings=False, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.attention_units = num_layers, cell, attention_units
-        self.input_feeding, self.dropout = input_feeding, dropout
+        self.input_feeding, self.dropout, self.tie_embeddings = input_feeding, dropout, tie_embeddings
         self.embedding = _embedding(vocab_size, embedding_dim)
         self.rnns = _track(self, "rnn", [_rnn_layer(cell, units, f"{cell}_{i}") for i in range(num_layers)])
         self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
         self.attention = BahdanauAttention(attention_units, name="attention")
         self.combine = keras.layers.Dense(units, activation="tanh", use_bias=False, name="combine")
         self.output_dropout = keras.layers.Dropout(dropout, name="output_dropout")
-        self.output_projection = keras.layers.Dense(vocab_size, name="output_projection")
+        self.output_projection = (TiedOutput(self.embedding, units, name="tied_output") if tie_embeddings else
+                                  keras.layers.Dense(vocab_size, name="output_projection"))
 
     def build(self, target_shape, values_shape):
         batch, value_dim = target_shape[0], values_shape[-1]
@@ -245,7 +275,7 @@ class Decoder(keras.layers.Layer):
         return {**super().get_config(), "vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim,
                 "units": self.units, "num_layers": self.num_layers, "cell": self.cell,
                 "attention_units": self.attention_units, "input_feeding": self.input_feeding,
-                "dropout": self.dropout}
+                "dropout": self.dropout, "tie_embeddings": self.tie_embeddings}
 
 
 class Seq2Seq(keras.Model):
@@ -254,18 +284,20 @@ class Seq2Seq(keras.Model):
 
     def __init__(self, source_vocab_size, target_vocab_size, embedding_dim=256, units=256, encoder_layers=1,
                  decoder_layers=1, cell="gru", bidirectional=True, attention_units=None, input_feeding=True,
-                 dropout=0.3, **kwargs):
+                 dropout=0.3, tie_embeddings=False, **kwargs):
         super().__init__(**kwargs)
         self.settings = dict(
             source_vocab_size=source_vocab_size, target_vocab_size=target_vocab_size,
             embedding_dim=embedding_dim, units=units, encoder_layers=encoder_layers,
             decoder_layers=decoder_layers, cell=cell, bidirectional=bidirectional,
-            attention_units=attention_units, input_feeding=input_feeding, dropout=dropout)
+            attention_units=attention_units, input_feeding=input_feeding, dropout=dropout,
+            tie_embeddings=tie_embeddings)
         self.cell_type, self.units, self.decoder_layers = cell, units, decoder_layers
         self.encoder = Encoder(source_vocab_size, embedding_dim, units, encoder_layers, cell, bidirectional,
                                dropout, name="encoder")
         self.decoder = Decoder(target_vocab_size, embedding_dim, units, decoder_layers, cell,
-                               attention_units or units, input_feeding, dropout, name="decoder")
+                               attention_units or units, input_feeding, dropout, tie_embeddings,
+                               name="decoder")
         # Bridge (Nematus): each decoder layer's initial h = tanh(W · mean of the encoder outputs).
         self.bridge = keras.layers.Dense(units * decoder_layers, activation="tanh", name="bridge")
 
@@ -276,7 +308,7 @@ class Seq2Seq(keras.Model):
         model = cls(source_vocab_size, target_vocab_size, embedding_dim=c.embedding_dim, units=c.units,
                     encoder_layers=c.encoder_layers, decoder_layers=c.decoder_layers, cell=c.cell,
                     bidirectional=c.bidirectional, attention_units=c.attention_units,
-                    input_feeding=c.input_feeding, dropout=c.dropout)
+                    input_feeding=c.input_feeding, dropout=c.dropout, tie_embeddings=c.tie_embeddings)
         model.build_weights()
         return model
 

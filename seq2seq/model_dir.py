@@ -4,9 +4,11 @@
     DIR/spm.model            the joint SentencePiece model (or spm.source.model and spm.target.model)
     DIR/checkpoints/         the last checkpoints: model, optimizer, step, epoch, best score
     DIR/best/                the checkpoint with the best validation BLEU (model weights only)
+    DIR/averaging/           the last validated models, for checkpoint averaging (training.average_checkpoints)
     DIR/validation.jsonl     one JSON line per validation
     DIR/train.log            the training log
     DIR/tensorboard/         TensorBoard event files
+    DIR/learning_curves.png  training loss and validation BLEU against steps
 """
 
 import os
@@ -17,6 +19,8 @@ from seq2seq.errors import ConfigError, ModelDirError
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
+AVERAGING = "averaging"
+LEARNING_CURVES = "learning_curves.png"
 VALIDATION_HISTORY = "validation.jsonl"
 TRAIN_LOG = "train.log"
 TENSORBOARD = "tensorboard"

@@ -1,4 +1,7 @@
-"""Pictures for a person to look at: attention heatmaps (matplotlib, no display needed)."""
+"""Pictures for a person to look at: attention heatmaps and learning curves (matplotlib, no display needed)."""
+
+import json
+import os
 
 import matplotlib
 
@@ -30,3 +33,41 @@ def plot_attention(source_pieces, target_pieces, weights, path, title=None):
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def write_learning_curves(model_dir):
+    """Draws ``learning_curves.png`` in ``model_dir`` from its ``validation.jsonl``: training and
+    validation loss (left) and validation BLEU (right) against training steps."""
+    from seq2seq import model_dir as md
+
+    records = []
+    with open(os.path.join(model_dir, md.VALIDATION_HISTORY), encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if "averaged_steps" not in record:
+                records.append(record)
+    if not records:
+        return
+    steps = [r["step"] for r in records]
+    figure, (loss_axes, bleu_axes) = plt.subplots(1, 2, figsize=(11, 4))
+    trained = [(r["step"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
+    if trained:
+        loss_axes.plot(*zip(*trained), marker=".", label="training (mean since the last validation)")
+    loss_axes.plot(steps, [r["loss"] for r in records], marker=".", label="validation")
+    loss_axes.set_xlabel("step")
+    loss_axes.set_ylabel("loss per target token")
+    loss_axes.legend()
+    loss_axes.grid(alpha=0.3)
+    bleu_axes.plot(steps, [r["bleu"] for r in records], marker=".", color="tab:green")
+    best = max(records, key=lambda r: r["bleu"])
+    bleu_axes.annotate(f"best {best['bleu']:.2f}", (best["step"], best["bleu"]), textcoords="offset points",
+                       xytext=(0, 6), ha="center")
+    bleu_axes.set_xlabel("step")
+    bleu_axes.set_ylabel("validation BLEU")
+    bleu_axes.grid(alpha=0.3)
+    figure.suptitle(os.path.basename(os.path.abspath(model_dir)))
+    figure.tight_layout()
+    tmp = os.path.join(model_dir, md.LEARNING_CURVES + ".tmp.png")
+    figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    os.replace(tmp, os.path.join(model_dir, md.LEARNING_CURVES))

@@ -69,7 +69,7 @@ def _set_column(tensor, t, values):
     return tf.where(at_t, tf.expand_dims(values, 2), tensor)
 
 
-def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n_best=1):
+def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n_best=1, keep_attention=True):
     """Batched beam search (see the module docstring).
 
     Args:
@@ -79,6 +79,9 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
       alpha: the length penalty α.
       n_best: python int ≤ beam_size: a sentence is done only once its ``n_best``-th best finished
         hypothesis can no longer be beaten, so that ``n_best`` hypotheses are always returned.
+      keep_attention: python bool: keep the attention weights of every hypothesis. Their history is
+        [batch, beam, out_len, src_len] floats, quadratic in the sentence length; without it
+        ``SearchResult.attention`` is an empty [batch, beam, out_len, 0] tensor.
     Returns:
       a SearchResult with ``beam_size`` hypotheses per sentence, best first.
     """
@@ -93,10 +96,11 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
     batch_offsets = tf.range(batch)[:, None] * k  # [batch, 1]
     alive_logp = tf.tile(tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)[None], [batch, 1])
     alive_tokens = tf.zeros([batch, k, max_steps], tf.int32)
-    alive_attention = tf.zeros([batch, k, max_steps, src_len])
+    kept_src_len = src_len if keep_attention else 0
+    alive_attention = tf.zeros([batch, k, max_steps, kept_src_len])
     finished = {
         "tokens": tf.zeros([batch, k, max_steps], tf.int32),
-        "attention": tf.zeros([batch, k, max_steps, src_len]),
+        "attention": tf.zeros([batch, k, max_steps, kept_src_len]),
         "scores": tf.fill([batch, k], NEG_INF),
         "log_probs": tf.fill([batch, k], NEG_INF),
         "lengths": tf.zeros([batch, k], tf.int32),
@@ -124,8 +128,10 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
         staying = valid & tf.logical_not(finishing)
 
         tokens = _set_column(tf.gather(alive_tokens, parent, batch_dims=1), t, token)
-        attention = _set_column(tf.gather(alive_attention, parent, batch_dims=1), t,
-                                tf.gather(weights, parent, batch_dims=1))
+        attention = alive_attention  # [batch, k, max_steps, 0] without the attention history
+        if keep_attention:
+            attention = _set_column(tf.gather(alive_attention, parent, batch_dims=1), t,
+                                    tf.gather(weights, parent, batch_dims=1))
         length = t + 1
         scores = tf.where(finishing, top_logp / length_penalty(length, alpha), NEG_INF)
         # Merge the newly finished into the finished lists, best first (at most k ever finish).
@@ -165,17 +171,18 @@ class Searcher:
     One ``tf.function`` with a fixed input signature: any batch shape runs through one trace.
     """
 
-    def __init__(self, model, beam_size, length_penalty, max_length_ratio, min_length, n_best=1):
+    def __init__(self, model, beam_size, length_penalty, max_length_ratio, min_length, n_best=1, attention=True):
         if not 1 <= n_best <= beam_size:
             raise ValueError(f"n_best must be between 1 and the beam size {beam_size}, got {n_best}")
         self.model = model
         self.beam_size, self.alpha, self.n_best = int(beam_size), float(length_penalty), int(n_best)
+        self.attention = bool(attention)
         self.max_length_ratio, self.min_length = float(max_length_ratio), int(min_length)
         self._search = tf.function(self._run, input_signature=[tf.TensorSpec([None, None], tf.int32)])
 
     def _run(self, source):
         return beam_search(self.model, source, self.beam_size, self.alpha, self.max_length_ratio,
-                           self.min_length, self.n_best)
+                           self.min_length, self.n_best, keep_attention=self.attention)
 
     def __call__(self, source):
         """source: int32 [batch, src_len] (numpy or tensor) -> SearchResult."""

@@ -24,6 +24,7 @@ from seq2seq.dataset import (CorpusStats, decoder_inputs, estimate_batches, eval
                              training_dataset)
 from seq2seq.errors import UserError
 from seq2seq.model import Seq2Seq
+from seq2seq.plots import write_learning_curves
 from seq2seq.tokenizer import PAD_ID, Tokenizer
 from seq2seq.translate import Translator, score
 
@@ -111,6 +112,7 @@ class Trainer:
     def __init__(self, config, model_dir):
         self.config, self.model_dir = config, model_dir
         self.stop_signal = None
+        self.train_loss = [0.0, 0]  # training loss sum and token count since the last validation
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -148,15 +150,21 @@ class Trainer:
         self.best_bleu = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_bleu")
         self.bad_validations = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_validations")
         self.last_validated = tf.Variable(-1, dtype=tf.int64, trainable=False, name="last_validated")
+        self.averaged_at = tf.Variable(-1, dtype=tf.int64, trainable=False, name="averaged_at")
         checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
                                          best_bleu=self.best_bleu, bad_validations=self.bad_validations,
-                                         last_validated=self.last_validated)
+                                         last_validated=self.last_validated, averaged_at=self.averaged_at)
         self.checkpoints = tf.train.CheckpointManager(
             checkpoint, os.path.join(self.model_dir, md.CHECKPOINTS), max_to_keep=cfg.training.keep_checkpoints,
             step_counter=self.optimizer.iterations)
         best = tf.train.Checkpoint(model=self.model, best_bleu=self.best_bleu)
         self.best_checkpoints = tf.train.CheckpointManager(best, os.path.join(self.model_dir, md.BEST),
                                                            max_to_keep=1, step_counter=self.optimizer.iterations)
+        self.averaging = None
+        if cfg.training.average_checkpoints > 1:
+            self.averaging = tf.train.CheckpointManager(
+                tf.train.Checkpoint(model=self.model), os.path.join(self.model_dir, md.AVERAGING),
+                max_to_keep=cfg.training.average_checkpoints, step_counter=self.optimizer.iterations)
         self.loss_smoothing = cfg.training.label_smoothing
         self.train_step = tf.function(self._train_step, input_signature=[
             tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)])
@@ -186,43 +194,97 @@ class Trainer:
 
     # -- validation ----------------------------------------------------------------------------
 
-    def validate(self):
-        """Validation loss and BLEU (``validation_beam_size``, greedy by default); saves the best model."""
-        started = time.time()
+    def _evaluate(self):
+        """Validation loss (teacher forcing), BLEU and chrF of the current weights."""
         loss_sum = tokens = 0.0
         for source, target in self.valid_batches:
             batch_loss, batch_tokens = self.eval_step(source, target)
             loss_sum += float(batch_loss)
             tokens += float(batch_tokens)
-        loss = loss_sum / max(tokens, 1.0)
         hypotheses = self.translator.translate(self.valid_sources)
         _, bleu, chrf = score(hypotheses, self.valid_references)
+        return loss_sum / max(tokens, 1.0), bleu.score, chrf.score
+
+    def _record(self, record):
+        with open(os.path.join(self.model_dir, md.VALIDATION_HISTORY), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        write_learning_curves(self.model_dir)
+
+    def validate(self):
+        """Validation loss and BLEU (``validation_beam_size``, greedy by default); saves the best
+        model; decays the learning rate after ``lr_decay_patience`` validations without progress."""
+        tcfg = self.config.training
+        started = time.time()
+        loss, bleu, chrf = self._evaluate()
         step = self.step
-        improved = bleu.score > float(self.best_bleu.numpy())
+        improved = bleu > float(self.best_bleu.numpy())
         if improved:
-            self.best_bleu.assign(bleu.score)
+            self.best_bleu.assign(bleu)
             self.bad_validations.assign(0)
             self.best_checkpoints.save(checkpoint_number=step)
         else:
             self.bad_validations.assign_add(1)
         self.last_validated.assign(step)
-        record = {"step": step, "epoch": int(self.epoch.numpy()) + 1, "loss": round(loss, 4),
-                  "perplexity": round(math.exp(min(loss, 50)), 2), "bleu": round(bleu.score, 2),
-                  "chrf": round(chrf.score, 2), "best_bleu": round(float(self.best_bleu.numpy()), 2),
+        learning_rate = float(self.optimizer.learning_rate.numpy())
+        train_loss = self.train_loss[0] / self.train_loss[1] if self.train_loss[1] else None
+        self.train_loss = [0.0, 0]
+        record = {"step": step, "epoch": int(self.epoch.numpy()) + 1,
+                  "train_loss": None if train_loss is None else round(train_loss, 4), "loss": round(loss, 4),
+                  "perplexity": round(math.exp(min(loss, 50)), 2), "bleu": round(bleu, 2), "chrf": round(chrf, 2),
+                  "best_bleu": round(float(self.best_bleu.numpy()), 2), "learning_rate": learning_rate,
                   "seconds": round(time.time() - started, 1)}
-        with open(os.path.join(self.model_dir, md.VALIDATION_HISTORY), "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        self._record(record)
         with self.summaries.as_default(step=step):
             tf.summary.scalar("valid/loss", loss)
-            tf.summary.scalar("valid/bleu", bleu.score)
-            tf.summary.scalar("valid/chrf", chrf.score)
+            tf.summary.scalar("valid/bleu", bleu)
+            tf.summary.scalar("valid/chrf", chrf)
+            tf.summary.scalar("train/learning_rate", learning_rate)
+        bad = int(self.bad_validations.numpy())
         log.info("validation at step %d: loss %.3f, perplexity %.2f, BLEU %.2f, chrF %.2f%s (%.0fs)", step, loss,
-                 record["perplexity"], bleu.score, chrf.score,
+                 record["perplexity"], bleu, chrf,
                  " (new best)" if improved else f", best {record['best_bleu']:.2f}, "
-                 f"{int(self.bad_validations.numpy())}/{self.config.training.patience} without improvement",
-                 record["seconds"])
+                 f"{bad}/{tcfg.patience} without improvement", record["seconds"])
+        if not improved and bad % tcfg.lr_decay_patience == 0 and tcfg.lr_decay_factor < 1:
+            decayed = max(learning_rate * tcfg.lr_decay_factor, tcfg.min_learning_rate)
+            if decayed < learning_rate:
+                self.optimizer.learning_rate = decayed
+                log.info("learning rate %.3g -> %.3g after %d validations without improvement", learning_rate,
+                         decayed, tcfg.lr_decay_patience)
+        if self.averaging is not None:
+            self.averaging.save(checkpoint_number=step)
         self.checkpoints.save(checkpoint_number=step)
         return improved
+
+    def average_checkpoints(self):
+        """Averages the weights of the last ``average_checkpoints`` validated models; if the
+        average scores a better validation BLEU, it becomes the best model."""
+        paths = self.averaging.checkpoints
+        step = self.step
+        if len(paths) < 2 or int(self.averaged_at.numpy()) == step:
+            return
+        checkpoint = tf.train.Checkpoint(model=self.model)
+        total = None
+        for path in paths:
+            checkpoint.restore(path).expect_partial()
+            weights = [w.numpy() for w in self.model.weights]
+            total = weights if total is None else [t + w for t, w in zip(total, weights)]
+        self.model.set_weights([t / len(paths) for t in total])
+        loss, bleu, chrf = self._evaluate()
+        improved = bleu > float(self.best_bleu.numpy())
+        steps = [int(p.rsplit("-", 1)[1]) for p in paths]
+        log.info("average of the %d models of steps %s: validation loss %.3f, BLEU %.2f, chrF %.2f (best single "
+                 "model %.2f)%s", len(paths), ", ".join(map(str, steps)), loss, bleu, chrf,
+                 float(self.best_bleu.numpy()), "; it becomes the best model" if improved else "; not kept")
+        self._record({"step": step, "averaged_steps": steps, "loss": round(loss, 4), "bleu": round(bleu, 2),
+                      "chrf": round(chrf, 2), "kept": improved})
+        if improved:
+            self.best_bleu.assign(bleu)
+            self.best_checkpoints.save(checkpoint_number=step)
+        self.checkpoints.checkpoint.restore(self.checkpoints.latest_checkpoint)  # back to the training state
+        self.averaged_at.assign(step)
+        if improved:
+            self.best_bleu.assign(bleu)
+        self.checkpoints.save(checkpoint_number=step)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -277,14 +339,17 @@ class Trainer:
 
     def _loop(self, total_steps):
         progress = Progress(self.step, total_steps, self.config.training.log_every)
-        if self._early_stopped():
+        if not self._early_stopped():
+            while self.step < total_steps and int(self.epoch.numpy()) < self.config.training.epochs:
+                if self._train_epoch(progress, total_steps):
+                    break
+            progress.clear()
+        if self.stop_signal is not None:
             return
-        while self.step < total_steps and int(self.epoch.numpy()) < self.config.training.epochs:
-            if self._train_epoch(progress, total_steps):
-                return
-        progress.clear()
-        if int(self.last_validated.numpy()) != self.step:
+        if int(self.last_validated.numpy()) != self.step and not self._early_stopped():
             self.validate()
+        if self.averaging is not None:
+            self.average_checkpoints()
         log.info("training done at step %d; best validation BLEU %.2f", self.step, float(self.best_bleu.numpy()))
 
     def _train_epoch(self, progress, total_steps):
@@ -303,6 +368,8 @@ class Trainer:
                                 "the last checkpoint")
             step = self.step
             progress.update(step, epoch, loss, int(tokens))
+            self.train_loss[0] += loss * int(tokens)
+            self.train_loss[1] += int(tokens)
             if step % tcfg.log_every == 0:
                 with self.summaries.as_default(step=step):
                     tf.summary.scalar("train/loss", loss)

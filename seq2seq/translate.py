@@ -1,8 +1,10 @@
 """Translation of lines and files: batching by length, order kept, metrics via sacrebleu.
 
-Exactly one output line per input line, in input order: an empty or whitespace-only line gives
-an empty line, and every other line one translation. Input is read in chunks, so a large file
-or a pipe is translated with bounded memory and output starts before the input ends.
+Exactly one output line per input line, in input order: a line without any subword (empty,
+blank, or only characters SentencePiece drops) gives an empty line, and every other line one
+translation. A line of more than ``translate.max_input_length`` subwords is truncated to that
+length (the caller is told which). Input is read in chunks, so a large file or a pipe is
+translated with bounded memory and output starts before the input ends.
 """
 
 import itertools
@@ -34,35 +36,50 @@ class Translator:
         self.model, self.tokenizer, self.config = model, tokenizer, translate_config
         self.beam_size = beam_size or translate_config.beam_size
         self.n_best = n_best
-        self.searcher = Searcher(model, self.beam_size, translate_config.length_penalty,
-                                 translate_config.max_length_ratio, translate_config.min_output_length, n_best)
+        # The attention history costs memory quadratic in the length: kept only when asked for.
+        self.searchers = {with_attention: Searcher(
+            model, self.beam_size, translate_config.length_penalty, translate_config.max_length_ratio,
+            translate_config.min_output_length, n_best, attention=with_attention) for with_attention in (False, True)}
 
-    def warm_up(self):
+    def warm_up(self, attention=False):
         """Compiles the search (one trace serves every batch shape) on a one-token source."""
-        self.searcher(np.full((1, 1), EOS_ID, np.int32))
+        self.searchers[attention](np.full((1, 1), EOS_ID, np.int32))
 
-    def hypotheses(self, lines, batch_size=None, attention=False):
+    def encode(self, lines):
+        """Source ids (``pieces + [EOS]``) of each line, cut to ``max_input_length``; returns
+        ``(ids, truncated)`` with ``truncated`` the indices of the lines that were cut."""
+        limit = self.config.max_input_length
+        encoded = self.tokenizer.encode_source(lines)
+        truncated = [i for i, ids in enumerate(encoded) if len(ids) > limit]
+        for i in truncated:
+            encoded[i] = encoded[i][: limit - 1] + [EOS_ID]
+        return encoded, truncated
+
+    def hypotheses(self, lines, batch_size=None, attention=False, truncated=None):
         """The ``n_best`` best translations of each line, best first, as Hypothesis tuples.
 
-        Returns a list with one list per input line; an empty or whitespace-only line gets one
-        empty translation with score 0. ``attention=True`` fills in the pieces and attention weights.
+        Returns a list with one list per input line; a line without any subword gets one empty
+        translation with score 0. ``attention=True`` fills in the pieces and attention weights.
+        The indices of lines cut to ``max_input_length`` are appended to the list ``truncated``.
         """
         batch_size = batch_size or self.config.batch_size
         outputs = [[Hypothesis("", 0.0, [], [], np.zeros((0, 0)) if attention else None)] for _ in lines]
-        todo = [i for i, line in enumerate(lines) if line.strip()]
-        encoded = self.tokenizer.encode_source([lines[i] for i in todo])
+        encoded, cut = self.encode(lines)
+        if truncated is not None:
+            truncated.extend(cut)
+        todo = [i for i, ids in enumerate(encoded) if len(ids) > 1]  # more than the EOS
         # Sorting by length keeps padding low; outputs go back to their input positions.
-        order = sorted(range(len(todo)), key=lambda k: len(encoded[k]))
+        order = sorted(todo, key=lambda i: len(encoded[i]))
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            result = self.searcher(pad([encoded[k] for k in chunk]))
+            result = self.searchers[attention](pad([encoded[i] for i in chunk]))
             tokens, scores = np.asarray(result.tokens), np.asarray(result.scores)
             lengths = np.asarray(result.lengths)
             weights = np.asarray(result.attention) if attention else None
-            for row, k in enumerate(chunk):
+            for row, i in enumerate(chunk):
                 texts = self.tokenizer.decode_target(tokens[row, : self.n_best])
-                outputs[todo[k]] = [
-                    Hypothesis(text, float(scores[row, j]), *(self._pieces(encoded[k], tokens[row, j],
+                outputs[i] = [
+                    Hypothesis(text, float(scores[row, j]), *(self._pieces(encoded[i], tokens[row, j],
                                weights[row, j], lengths[row, j]) if attention else (None, None, None)))
                     for j, text in enumerate(texts)]
         return outputs
@@ -76,11 +93,12 @@ class Translator:
         """Translates ``lines`` (list of str); returns the best translations, same length and order."""
         return [best[0].text for best in self.hypotheses(lines, batch_size)]
 
-    def translate_stream(self, lines, write, batch_size=None, attention=False):
+    def translate_stream(self, lines, write, batch_size=None, attention=False, on_truncate=None):
         """Translates an iterable of lines chunk by chunk, calling ``write(index, hypotheses)`` per line.
 
-        ``hypotheses`` is the line's list of Hypothesis, best first. Returns the list of best
-        translations (for scoring).
+        ``hypotheses`` is the line's list of Hypothesis, best first. ``on_truncate(index)`` is
+        called for each line cut to ``max_input_length``. Returns the list of best translations
+        (for scoring).
         """
         translations = []
         lines = iter(lines)
@@ -88,7 +106,12 @@ class Translator:
             chunk = [line.rstrip("\r\n") for line in itertools.islice(lines, CHUNK_LINES)]
             if not chunk:
                 return translations
-            for hypotheses in self.hypotheses(chunk, batch_size, attention):
+            truncated = []
+            results = self.hypotheses(chunk, batch_size, attention, truncated)
+            if on_truncate is not None:
+                for i in truncated:
+                    on_truncate(len(translations) + i)
+            for hypotheses in results:
                 write(len(translations), hypotheses)
                 translations.append(hypotheses[0].text)
 
