@@ -16,7 +16,9 @@ comma := ,
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install data train translate test lint clean
+EXPORT_DIR ?= $(MODEL_DIR)/export
+
+.PHONY: install data train translate export test lint clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +40,9 @@ train: install data
 translate: install data
 	$(PY) translate.py --model $(MODEL_DIR) --input data/multi30k/test_2016_flickr.$(SRC) \
 		--output $(MODEL_DIR)/test_2016_flickr.$(TGT).hyp --reference data/multi30k/test_2016_flickr.$(TGT) $(ARGS)
+
+export: install
+	$(PY) -m seq2seq.export --model $(MODEL_DIR) --output $(EXPORT_DIR) $(ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -57,7 +57,7 @@ class TrainingConfig:
     learning_rate: float = 0.001
     lr_decay_factor: float = 0.5  # the learning rate is multiplied by this ...
     lr_decay_patience: int = 2  # ... after this many validations in a row without a better BLEU
-    min_learning_rate: float = 1e-5
+    min_learning_rate: float = 1e-5  # decay never goes below this
     average_checkpoints: int = 0  # at the end, average the last N validated models; keep them if better
     clip_norm: float = 1.0
     label_smoothing: float = 0.1
@@ -170,8 +170,7 @@ def _validate(config):
     require(tr.learning_rate > 0, "training.learning_rate", "must be positive")
     require(0 < tr.lr_decay_factor <= 1, "training.lr_decay_factor", "must be in (0, 1] (1: no decay)")
     require(tr.lr_decay_patience > 0, "training.lr_decay_patience", "must be positive")
-    require(0 < tr.min_learning_rate <= tr.learning_rate, "training.min_learning_rate",
-            "must be positive and at most training.learning_rate")
+    require(tr.min_learning_rate > 0, "training.min_learning_rate", "must be positive")
     require(tr.average_checkpoints >= 0, "training.average_checkpoints", "must be non-negative (0: off)")
     require(tr.clip_norm > 0, "training.clip_norm", "must be positive")
     require(0 <= tr.label_smoothing < 1, "training.label_smoothing", "must be in [0, 1)")

@@ -9,10 +9,11 @@ SOURCE = np.array([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]], np.int32)
 TARGET_IN = np.array([[2, 11, 12, 13], [2, 14, 15, 0]], np.int32)
 
 
-def _model(cell="gru", input_feeding=True, bidirectional=True, layers=2, seed=0):
+def _model(cell="gru", input_feeding=True, bidirectional=True, layers=2, seed=0, tie_embeddings=False):
     keras.utils.set_random_seed(seed)
     model = Seq2Seq(40, 50, embedding_dim=8, units=16, encoder_layers=layers, decoder_layers=layers, cell=cell,
-                    bidirectional=bidirectional, attention_units=12, input_feeding=input_feeding, dropout=0.2)
+                    bidirectional=bidirectional, attention_units=12, input_feeding=input_feeding, dropout=0.2,
+                    tie_embeddings=tie_embeddings)
     model.build_weights()
     return model
 
@@ -108,3 +109,24 @@ def test_checkpoint_saves_and_restores_every_weight(cell, tmp_path):
     assert not np.allclose(other((SOURCE, TARGET_IN)), model((SOURCE, TARGET_IN)))
     tf.train.Checkpoint(model=other).restore(path).assert_consumed()
     np.testing.assert_allclose(other((SOURCE, TARGET_IN)), model((SOURCE, TARGET_IN)), atol=1e-6)
+
+
+def test_tied_output_layer_scores_against_the_target_embeddings(tmp_path):
+    model = _model(tie_embeddings=True, layers=1)
+    untied = _model(tie_embeddings=False, layers=1)
+    # The output matrix is gone: 16 x 8 projection + 50 biases instead of 16 x 50 + 50.
+    assert untied.count_params() - model.count_params() == 16 * 50 - 16 * 8
+    decoder = model.decoder
+    attentional = tf.random.normal([3, 16])
+    embeddings = decoder.embedding.embeddings
+    expected = decoder.output_projection.projection(attentional) @ tf.transpose(embeddings) / np.sqrt(8.0)
+    np.testing.assert_allclose(decoder.logits(attentional), expected + decoder.output_projection.bias, atol=1e-5)
+    # One matrix: changing the embedding changes the logits.
+    before = model((SOURCE, TARGET_IN)).numpy()
+    embeddings.assign(embeddings * 2.0)
+    assert not np.allclose(model((SOURCE, TARGET_IN)), before)
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    other = _model(tie_embeddings=True, layers=1, seed=3)
+    tf.train.Checkpoint(model=other).restore(path).assert_consumed()
+    np.testing.assert_allclose(other((SOURCE, TARGET_IN)), model((SOURCE, TARGET_IN)), atol=1e-6)
+    assert Seq2Seq.from_config(model.get_config()).get_config()["tie_embeddings"] is True

@@ -90,3 +90,68 @@ def test_changing_the_model_of_an_existing_directory_is_refused(toy_data, tmp_pa
 
     with pytest.raises(UserError, match=r"was trained with model\.units=64, not 32"):
         Trainer(config_from_dict(toy_config(toy_data, **{"model.units": 32})), trained_toy).train()
+
+
+def test_learning_rate_decays_after_validations_without_improvement(toy_data, tmp_path):
+    values = toy_config(toy_data, **{"training.max_steps": 100, "training.validate_every": 20, "training.patience": 10,
+                                     "training.learning_rate": 1e-9, "training.lr_decay_factor": 0.5,
+                                     "training.lr_decay_patience": 2, "training.min_learning_rate": 3e-10})
+    model_dir = str(tmp_path / "model")
+    trainer = Trainer(config_from_dict(values), model_dir)
+    trainer.train()
+    history = [json.loads(line) for line in open(os.path.join(model_dir, "validation.jsonl"))]
+    # No validation beats the first (the rate is too small to change anything): the rate halves
+    # after the 2nd and 4th validation without improvement (steps 60, 100), down to the floor.
+    rates = [h["learning_rate"] for h in history]  # the rate each validation saw
+    assert [h["step"] for h in history] == [20, 40, 60, 80, 100]
+    assert rates == pytest.approx([1e-9, 1e-9, 1e-9, 5e-10, 5e-10], rel=1e-4)
+    assert float(trainer.optimizer.learning_rate.numpy()) == pytest.approx(3e-10, rel=1e-4)
+    # The decayed rate is part of the checkpoint: a resumed run keeps it.
+    resumed = Trainer(config_from_dict(values, ["training.max_steps=120"]), model_dir)
+    resumed.train()
+    assert float(resumed.optimizer.learning_rate.numpy()) <= 3e-10 * 1.0001
+
+
+def test_checkpoint_averaging_keeps_the_average_only_if_it_scores_better(toy_data, tmp_path):
+    values = toy_config(toy_data, **{"training.max_steps": 240, "training.validate_every": 60,
+                                     "training.average_checkpoints": 3})
+    model_dir = str(tmp_path / "model")
+    trainer = Trainer(config_from_dict(values), model_dir)
+    best = trainer.train()
+    history = [json.loads(line) for line in open(os.path.join(model_dir, "validation.jsonl"))]
+    averaged = history[-1]
+    assert averaged["averaged_steps"] == [120, 180, 240]
+    singles = [h["bleu"] for h in history[:-1]]
+    assert best == pytest.approx(max(singles + [averaged["bleu"]]), abs=0.01)
+    assert averaged["kept"] == (averaged["bleu"] > max(singles))
+    # The best model on disk is what the history says: re-score it.
+    config, tokenizer, model = load_model(model_dir)
+    sources = [line.rstrip("\n") for line in open(os.path.join(toy_data, "valid.src"))]
+    references = [line.rstrip("\n") for line in open(os.path.join(toy_data, "valid.tgt"))]
+    from seq2seq.translate import score
+
+    hypotheses = Translator(model, tokenizer, config.translate, beam_size=1).translate(sources)
+    assert score(hypotheses, references)[1].score == pytest.approx(best, abs=0.01)
+    # The average is the mean of the three saved models' weights.
+    reader_weights = []
+    for step in (120, 180, 240):
+        reader = tf.train.load_checkpoint(os.path.join(model_dir, "averaging", f"ckpt-{step}"))
+        key = next(k for k in reader.get_variable_to_shape_map() if "bridge" in k and "kernel" in k
+                   and k.endswith("VARIABLE_VALUE"))
+        reader_weights.append(reader.get_tensor(key))
+    if averaged["kept"]:
+        np.testing.assert_allclose(model.bridge.kernel.numpy(), np.mean(reader_weights, axis=0), atol=1e-6)
+    # The training state was restored after averaging: a resumed run continues from step 240.
+    again = Trainer(config_from_dict(values, ["training.max_steps=300"]), model_dir)
+    again.train()
+    assert again.step == 300
+
+
+def test_training_draws_learning_curves(trained_toy):
+    from PIL import Image
+
+    path = os.path.join(trained_toy, "learning_curves.png")
+    with Image.open(path) as image:
+        assert image.size == (1100, 400)
+    history = [json.loads(line) for line in open(os.path.join(trained_toy, "validation.jsonl"))]
+    assert all(h["train_loss"] > 0 for h in history)

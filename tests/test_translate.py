@@ -79,3 +79,29 @@ def test_empty_and_very_long_lines_each_get_one_output(toy_model):
     assert outputs[1] == outputs[4] and 0 < len(outputs[1].split()) <= 2 * 201
     assert outputs[3]
     assert np.all([isinstance(o, str) for o in outputs])
+
+
+def test_lines_over_the_input_limit_are_cut_and_reported(toy_model):
+    config, tokenizer, model = toy_model
+    limit = config.translate.max_input_length
+    words = [f"s{i % 20}" for i in range(limit + 30)]
+    translator = Translator(model, tokenizer, config.translate, beam_size=2)
+    ids, truncated = translator.encode([" ".join(words), "s1 s2", "\x00\x01"])
+    assert truncated == [0]
+    assert len(ids[0]) == limit and ids[0][-1] == EOS_ID and ids[0][:-1] == ids[0][: limit - 1]
+    # Truncation keeps the beginning: the same as translating the first limit - 1 words.
+    cut = " ".join(words[: limit - 1])
+    assert translator.translate([" ".join(words)]) == translator.translate([cut])
+    reported = []
+    outputs = translator.translate_stream(["s1", " ".join(words), "", " ".join(words)], lambda i, h: None,
+                                          on_truncate=reported.append)
+    assert reported == [1, 3] and len(outputs) == 4
+
+
+def test_search_without_attention_history_finds_the_same_translations(toy_model, test_sources):
+    config, tokenizer, model = toy_model
+    translator = Translator(model, tokenizer, config.translate, beam_size=3, n_best=2)
+    with_attention = translator.hypotheses(test_sources[:50], attention=True)
+    without = translator.hypotheses(test_sources[:50])
+    assert [[h.text for h in hyps] for hyps in with_attention] == [[h.text for h in hyps] for hyps in without]
+    assert [[h.score for h in hyps] for hyps in with_attention] == [[h.score for h in hyps] for hyps in without]

@@ -1,0 +1,137 @@
+"""SavedModel export: the toy model exported, loaded without this project, same translations."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, assert_one_line_error, run_script, toy
+
+# Run in a separate interpreter, from a directory outside the repository: it must not need (and
+# is checked not to import) the seq2seq package.
+CONSUMER = r"""
+import json, sys
+import tensorflow as tf
+import tensorflow_text  # noqa: F401, registers the SentencePiece ops
+translate = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+lines = json.load(open(sys.argv[2], encoding="utf-8"))
+outputs = translate(text=tf.constant(lines, tf.string))
+json.dump({"translation": [t.decode("utf-8") for t in outputs["translation"].numpy()],
+           "score": [float(s) for s in outputs["score"].numpy()],
+           "seq2seq_imported": any(name.split(".")[0] == "seq2seq" for name in sys.modules)},
+          open(sys.argv[3], "w", encoding="utf-8"))
+"""
+
+
+def run_export(*args):
+    return subprocess.run([sys.executable, "-m", "seq2seq.export", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+
+
+def consume(export_dir, lines, tmp_path):
+    """Translates ``lines`` with the SavedModel in a fresh Python process; returns its JSON result."""
+    script, inputs, outputs = tmp_path / "consumer.py", tmp_path / "lines.json", tmp_path / "out.json"
+    script.write_text(CONSUMER)
+    inputs.write_text(json.dumps(lines))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, str(script), export_dir, str(inputs), str(outputs)],
+                            capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return json.loads(outputs.read_text())
+
+
+@pytest.fixture(scope="module")
+def exported(trained_toy, tmp_path_factory):
+    output = tmp_path_factory.mktemp("export")
+    result = run_export("--model", trained_toy, "--output", str(output), "--beam-size", "3")
+    assert result.returncode == 0, result.stderr
+    return str(output / "1")
+
+
+def test_export_layout_and_assets(exported):
+    assert sorted(os.listdir(exported)) == ["assets", "fingerprint.pb", "saved_model.pb", "variables"]
+    assert os.listdir(os.path.join(exported, "assets")) == ["spm.model"]
+    assert not [name for name in os.listdir(os.path.dirname(exported)) if name.startswith(".")]  # no staging left
+
+
+def test_savedmodel_translates_exactly_like_translate_py(exported, trained_toy, toy_data, tmp_path):
+    with open(os.path.join(toy_data, "test.src"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    expected = run_script("translate.py", "--model", trained_toy, "--beam-size", "3",
+                          "--input", os.path.join(toy_data, "test.src"))
+    assert expected.returncode == 0, expected.stderr
+    result = consume(exported, lines, tmp_path)
+    assert not result["seq2seq_imported"]
+    assert result["translation"] == expected.stdout.split("\n")[:-1]
+    assert len(result["translation"]) == len(lines) == 200
+    # The score is translate.py's --n-best score of the best translation.
+    nbest = run_script("translate.py", "--model", trained_toy, "--beam-size", "3", "--n-best", "1",
+                       stdin="\n".join(lines[:5]) + "\n")
+    scores = [float(line.split(" ||| ")[2]) for line in nbest.stdout.splitlines()]
+    assert result["score"][:5] == pytest.approx(scores, abs=1e-3)
+
+
+def test_savedmodel_empty_blank_and_long_inputs_keep_batch_order(exported, tmp_path):
+    long_line = " ".join(f"s{i % 20}" for i in range(700))  # about 2,000 characters
+    assert len(long_line) >= 2000
+    lines = ["s1 s2 s3", "", "   ", long_line, "s4 s5"]
+    result = consume(exported, lines, tmp_path)
+    translations, scores = result["translation"], result["score"]
+    assert len(translations) == len(lines)
+    assert translations[1] == translations[2] == "" and scores[1] == scores[2] == 0.0
+    assert translations[0] == " ".join(toy.translate(lines[0].split()))
+    assert translations[4] == " ".join(toy.translate(lines[4].split()))
+    assert translations[3] and scores[3] < 0
+
+
+def test_saved_model_cli_show_and_run(exported):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    show = subprocess.run([cli, "show", "--dir", exported, "--tag_set", "serve", "--signature_def",
+                           "serving_default"], capture_output=True, text=True, timeout=300)
+    assert show.returncode == 0, show.stderr
+    for fragment in ("inputs['text']", "DT_STRING", "outputs['translation']", "outputs['score']", "DT_FLOAT"):
+        assert fragment in show.stdout
+    # `saved_model_cli run` loads the SavedModel the TensorFlow 1 way, like TensorFlow Serving; the
+    # tensorflow-text ops must be registered first, so it runs with tensorflow_text imported.
+    run = subprocess.run([sys.executable, "-c", "import tensorflow_text; from tensorflow.python.tools import "
+                          "saved_model_cli; saved_model_cli.main()", "run", "--dir", exported, "--tag_set", "serve",
+                          "--signature_def", "serving_default", "--input_exprs", 'text=["s1 s2 s3", "", "s4"]'],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    expected = [" ".join(toy.translate(["s1", "s2", "s3"])), "", " ".join(toy.translate(["s4"]))]
+    assert "Result for output key translation:\n[" + " ".join(f"b'{t}'" for t in expected) + "]" in run.stdout
+
+
+def test_export_versions_and_overwrite(trained_toy, tmp_path):
+    result = run_export("--model", trained_toy, "--output", str(tmp_path), "--version", "7", "--beam-size", "1")
+    assert result.returncode == 0, result.stderr
+    assert os.path.isfile(tmp_path / "7" / "saved_model.pb")
+    result = run_export("--model", trained_toy, "--output", str(tmp_path), "--version", "7")
+    assert_one_line_error(result, str(tmp_path / "7"), "already exists", "--overwrite")
+    result = run_export("--model", trained_toy, "--output", str(tmp_path), "--version", "7", "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["7"]
+
+
+def test_export_without_checkpoint_fails_with_one_line(trained_toy, tmp_path):
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    for name in ("config.yaml", "spm.model"):
+        (untrained / name).write_bytes(open(os.path.join(trained_toy, name), "rb").read())
+    result = run_export("--model", str(untrained), "--output", str(tmp_path / "export"))
+    assert_one_line_error(result, "no trained checkpoint")
+    assert not os.path.exists(tmp_path / "export" / "1")
+    result = run_export("--model", str(tmp_path / "missing"), "--output", str(tmp_path / "export"))
+    assert_one_line_error(result, "model directory not found")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--beam-size", "0"], "--beam-size must be positive"),
+    (["--version", "-1"], "--version must be"),
+    (["--length-penalty", "-1"], "--length-penalty must be non-negative"),
+    (["--max-length-ratio", "0"], "--max-length-ratio must be positive"),
+])
+def test_export_bad_options(trained_toy, tmp_path, args, fragment):
+    assert_one_line_error(run_export("--model", trained_toy, "--output", str(tmp_path), *args), fragment)
