@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 
 EXPORT_DIR ?= $(MODEL_DIR)/export
 
-.PHONY: install data train translate export test lint clean
+.PHONY: install data train translate export bench bench-quality test lint clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,14 @@ translate: install data
 
 export: install
 	$(PY) -m seq2seq.export --model $(MODEL_DIR) --output $(EXPORT_DIR) $(ARGS)
+
+# Speed figures (docs/benchmarks.md): ARGS=--quick for a run of under 5 minutes.
+bench: install data
+	$(PY) -m seq2seq.bench --output runs/bench.json $(ARGS)
+
+# BLEU and chrF of the shipped configs on test_2016_flickr, training them first if needed (hours).
+bench-quality: install data
+	$(PY) -m seq2seq.bench --quality --output runs/quality.json $(ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -135,3 +135,23 @@ def test_export_without_checkpoint_fails_with_one_line(trained_toy, tmp_path):
 ])
 def test_export_bad_options(trained_toy, tmp_path, args, fragment):
     assert_one_line_error(run_export("--model", trained_toy, "--output", str(tmp_path), *args), fragment)
+
+
+def test_bench_times_the_savedmodel_like_a_consumer(exported, toy_data, tmp_path):
+    output = tmp_path / "speed.json"
+    result = subprocess.run([sys.executable, "-m", "seq2seq.bench", "--savedmodel-worker", exported,
+                             os.path.join(toy_data, "test.src"), str(output)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(output.read_text())
+    assert figures["lines"] == 200 and figures["sentences_per_sec"] > 0
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--repeats", "0"], "--repeats must be positive"),
+    (["--train-steps", "50"], "--train-steps must be more than"),
+])
+def test_bench_bad_options(args, fragment):
+    result = subprocess.run([sys.executable, "-m", "seq2seq.bench", *args], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    assert_one_line_error(result, fragment)

@@ -1,0 +1,317 @@
+"""Speed and quality benchmarks: prints a table and writes the figures as JSON.
+
+    python -m seq2seq.bench [--quick] [--output bench.json] [--model DIR] [--repeats N]
+    python -m seq2seq.bench --quality [--output quality.json]
+
+Speed (the default) measures, each in its own process (so that its peak memory is its own):
+
+- training: ``train.py`` on the reference config (``configs/bench_gru256.yaml``) for a few
+  hundred steps; target tokens per second is the median of the progress lines after the first
+  ``WARMUP_STEPS`` steps (tracing, first batches), as ``train.log`` reports them;
+- translation: ``translate.py --verbose`` on test_2016_flickr de→en (1,000 lines), greedy and
+  beam 5, default batch size; sentences per second after start-up (model loaded, search
+  compiled), and wall time including start-up, also for 4,000 lines (the test set 4 times);
+- the SavedModel (``python -m seq2seq.export``) translating the same lines with beam 5, in
+  batches of the same size sorted by length like ``translate.py``, after one warm-up batch.
+
+Translation needs a trained de→en model: ``--model`` (default ``runs/bench_gru256``, trained
+with the reference config first if it has no checkpoint). ``--quick`` (under 5 minutes) uses
+instead the model its short training run leaves, and runs everything once.
+
+Quality (``--quality``) trains each shipped config if its model directory has no finished
+run (``train.py`` resumes, so a finished run costs nothing), translates test_2016_flickr with
+the config's beam size and prints BLEU and chrF with sacreBLEU's signatures.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCE_CONFIG = "configs/bench_gru256.yaml"
+TEST_SOURCE, TEST_TARGET = "data/multi30k/test_2016_flickr.de", "data/multi30k/test_2016_flickr.en"
+QUALITY_CONFIGS = ("configs/multi30k_de_en.yaml", "configs/multi30k_en_de.yaml", "configs/bench_gru256.yaml")
+WARMUP_STEPS = 100
+BATCH_SIZE = 64
+
+_PROGRESS = re.compile(r"step (\d+)/\d+ \| epoch \d+ \| loss [\d.]+ \| ([\d,]+) tok/s")
+_TRANSLATED = re.compile(r"translated (\d+) lines in ([\d.]+) s \(([\d.]+) lines/s")
+_BLEU = re.compile(r"^(BLEU|chrF2)\|\S* = ([\d.]+)", re.M)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m seq2seq.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a run of under 5 minutes, each figure measured once")
+    parser.add_argument("--quality", action="store_true", help="BLEU and chrF of the shipped configs instead")
+    parser.add_argument("--output", help="write the figures to this JSON file")
+    parser.add_argument("--model", default="runs/bench_gru256",
+                        help="trained de→en model for the translation figures (default runs/bench_gru256)")
+    parser.add_argument("--repeats", type=int, help="runs of each translation figure (default 3, 1 with --quick)")
+    parser.add_argument("--train-steps", type=int, help="steps of the training figure (default 1000, 300 with --quick)")
+    parser.add_argument("--savedmodel-worker", nargs=3, metavar=("EXPORT", "INPUT", "OUTPUT"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def run_measured(command, log=None):
+    """Runs ``command`` (a list) from the repository root; returns (stdout, stderr, wall seconds,
+    peak RSS in MB of that process). A failure is raised with its stderr."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(command)} failed with exit status {code}:\n{stderr[-3000:]}")
+    if log:
+        log(" ".join(command))
+    return stdout, stderr, wall, usage.ru_maxrss / 1024.0
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def has_checkpoint(model_dir):
+    return any(os.path.isfile(os.path.join(model_dir, folder, "checkpoint")) for folder in ("best", "checkpoints"))
+
+
+def median(values):
+    return round(statistics.median(values), 1)
+
+
+class SpeedBench:
+    def __init__(self, args, work):
+        self.args, self.work = args, work
+        self.repeats = args.repeats or (1 if args.quick else 3)
+        self.train_steps = args.train_steps or (300 if args.quick else 1000)
+        self.python = sys.executable
+        self.results, self.commands = {}, []
+
+    def log(self, message):
+        print(message, file=sys.stderr, flush=True)
+
+    def command(self, *args):
+        self.commands.append(" ".join(args))
+        return [self.python, *args]
+
+    def training(self):
+        model_dir = os.path.join(self.work, "train")
+        self.log(f"training figure: {REFERENCE_CONFIG}, {self.train_steps} steps")
+        _, stderr, wall, rss = run_measured(self.command(
+            "train.py", "--config", REFERENCE_CONFIG, "--model-dir", model_dir,
+            "--set", f"training.max_steps={self.train_steps}", "--set", "training.validate_every=1000000",
+            "--set", "training.log_every=50"))
+        rates = [int(rate.replace(",", "")) for step, rate in _PROGRESS.findall(stderr) if int(step) > WARMUP_STEPS]
+        if not rates:
+            raise RuntimeError(f"no progress lines after step {WARMUP_STEPS} in the training output")
+        self.results.update(train_target_tokens_per_sec=median(rates), train_peak_rss_mb=round(rss),
+                            train_steps=self.train_steps, train_wall_sec=round(wall, 1))
+        return model_dir
+
+    def trained_model(self, quick_model):
+        if self.args.quick:
+            return quick_model
+        model_dir = self.args.model
+        if not has_checkpoint(model_dir):
+            self.log(f"{model_dir} has no trained model: training {REFERENCE_CONFIG} into it (this takes a while)")
+            run_measured(self.command("train.py", "--config", REFERENCE_CONFIG, "--model-dir", model_dir))
+        return model_dir
+
+    def translation(self, model_dir):
+        four_thousand = os.path.join(self.work, "test_4000.de")
+        with open(os.path.join(ROOT, TEST_SOURCE), encoding="utf-8") as f:
+            lines = f.read()
+        with open(four_thousand, "w", encoding="utf-8") as f:
+            f.write(lines * 4)
+        rss = []
+        for beam, name in ((1, "greedy"), (5, "beam5")):
+            speeds, walls = [], []
+            for _ in range(self.repeats):
+                self.log(f"translation figure: beam {beam}")
+                _, stderr, wall, peak = run_measured(self.command(
+                    "translate.py", "--model", model_dir, "--input", TEST_SOURCE, "--reference", TEST_TARGET,
+                    "--output", os.path.join(self.work, f"hyp.{name}"), "--beam-size", str(beam), "--verbose"))
+                speeds.append(float(_TRANSLATED.search(stderr).group(3)))
+                walls.append(wall)
+                rss.append(peak)
+            scores = dict(_BLEU.findall(stderr))
+            self.results[f"translate_{name}_sentences_per_sec"] = median(speeds)
+            self.results[f"translate_{name}_wall_sec"] = median(walls)
+            self.results[f"translate_{name}_bleu"] = float(scores["BLEU"])
+        walls = []
+        for _ in range(self.repeats):
+            self.log("translation figure: 4,000 lines, beam 5")
+            _, _, wall, peak = run_measured(self.command(
+                "translate.py", "--model", model_dir, "--input", four_thousand,
+                "--output", os.path.join(self.work, "hyp.4000"), "--beam-size", "5"))
+            walls.append(wall)
+            rss.append(peak)
+        self.results["translate_beam5_4000_lines_wall_sec"] = median(walls)
+        self.results["translate_peak_rss_mb"] = round(max(rss))
+
+    def savedmodel(self, model_dir):
+        export_dir = os.path.join(self.work, "export")
+        self.log("SavedModel figure: export")
+        run_measured(self.command("-m", "seq2seq.export", "--model", model_dir, "--output", export_dir,
+                                  "--beam-size", "5", "--overwrite"))
+        speeds = []
+        for _ in range(self.repeats):
+            self.log("SavedModel figure: beam 5")
+            result = os.path.join(self.work, "savedmodel.json")
+            run_measured(self.command("-m", "seq2seq.bench", "--savedmodel-worker", os.path.join(export_dir, "1"),
+                                      TEST_SOURCE, result))
+            with open(result, encoding="utf-8") as f:
+                speeds.append(json.load(f)["sentences_per_sec"])
+        self.results["savedmodel_beam5_sentences_per_sec"] = median(speeds)
+
+    def run(self):
+        import tensorflow as tf
+
+        self.results.update(quick=self.args.quick, config=REFERENCE_CONFIG, repeats=self.repeats,
+                            tensorflow_version=tf.__version__, cpu_model=cpu_model(),
+                            cpu_cores=len(os.sched_getaffinity(0)))
+        quick_model = self.training()
+        model_dir = self.trained_model(quick_model)
+        self.results["model"] = model_dir
+        self.translation(model_dir)
+        self.savedmodel(model_dir)
+        self.results["commands"] = self.commands
+        return self.results
+
+
+def savedmodel_worker(export_dir, input_path, output_path):
+    """Times the SavedModel on the lines of ``input_path`` (beam size fixed at export) using only
+    tensorflow and tensorflow_text, as a consumer would; writes JSON to ``output_path``."""
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401
+
+    translate = tf.saved_model.load(export_dir).signatures["serving_default"]
+    with open(input_path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    order = sorted(range(len(lines)), key=lambda i: len(lines[i]))
+    translate(text=tf.constant(lines[:BATCH_SIZE]))  # warm-up: first-call set-up
+    started = time.perf_counter()
+    outputs = [None] * len(lines)
+    for start in range(0, len(order), BATCH_SIZE):
+        batch = order[start:start + BATCH_SIZE]
+        result = translate(text=tf.constant([lines[i] for i in batch]))["translation"].numpy()
+        for i, text in zip(batch, result):
+            outputs[i] = text.decode("utf-8")
+    seconds = time.perf_counter() - started
+    with open(output_path, "w", encoding="utf-8") as f:
+        json.dump({"lines": len(lines), "seconds": seconds, "sentences_per_sec": len(lines) / seconds}, f)
+
+
+SPEED_ROWS = (
+    ("training, target tokens/s (reference config, steady state)", "train_target_tokens_per_sec"),
+    ("training, peak RSS (MB)", "train_peak_rss_mb"),
+    ("greedy translation, sentences/s (after start-up)", "translate_greedy_sentences_per_sec"),
+    ("beam-5 translation, sentences/s (after start-up)", "translate_beam5_sentences_per_sec"),
+    ("beam-5 translate.py, 1,000 lines, wall s (start-up included)", "translate_beam5_wall_sec"),
+    ("beam-5 translate.py, 4,000 lines, wall s (start-up included)", "translate_beam5_4000_lines_wall_sec"),
+    ("SavedModel beam-5 translation, sentences/s", "savedmodel_beam5_sentences_per_sec"),
+    ("translation, peak RSS (MB)", "translate_peak_rss_mb"),
+    ("greedy BLEU (test_2016_flickr)", "translate_greedy_bleu"),
+    ("beam-5 BLEU (test_2016_flickr)", "translate_beam5_bleu"),
+)
+
+
+def print_speed_table(results):
+    print(f"TensorFlow {results['tensorflow_version']}, {results['cpu_model']}, {results['cpu_cores']} cores; "
+          f"model {results['model']}{' (--quick)' if results['quick'] else ''}")
+    width = max(len(label) for label, _ in SPEED_ROWS)
+    print(f"| {'figure'.ljust(width)} | value |\n| {'-' * width} | ----- |")
+    for label, key in SPEED_ROWS:
+        print(f"| {label.ljust(width)} | {results[key]:,} |")
+
+
+def quality(log):
+    from seq2seq.config import load_config
+
+    results = {}
+    for config_path in QUALITY_CONFIGS:
+        name = os.path.splitext(os.path.basename(config_path))[0]
+        model_dir = os.path.join("runs", name)
+        config = load_config(os.path.join(ROOT, config_path))
+        source_lang = os.path.splitext(config.data.train_source)[1]
+        target_lang = os.path.splitext(config.data.train_target)[1]
+        log(f"{name}: training (resumes, or returns at once if done)")
+        _, _, train_wall, _ = run_measured([sys.executable, "train.py", "--config", config_path, "--model-dir",
+                                            model_dir])
+        log(f"{name}: translating test_2016_flickr")
+        _, stderr, _, _ = run_measured([
+            sys.executable, "translate.py", "--model", model_dir,
+            "--input", f"data/multi30k/test_2016_flickr{source_lang}",
+            "--reference", f"data/multi30k/test_2016_flickr{target_lang}",
+            "--output", os.path.join(model_dir, f"test_2016_flickr{target_lang}.hyp")])
+        signatures = [line for line in stderr.splitlines() if line.startswith(("BLEU", "chrF2"))]
+        scores = dict(_BLEU.findall(stderr))
+        results[name] = {"direction": f"{source_lang[1:]}→{target_lang[1:]}", "beam_size": config.translate.beam_size,
+                         "bleu": float(scores["BLEU"]), "chrf": float(scores["chrF2"]), "signatures": signatures,
+                         "train_command_wall_sec": round(train_wall, 1)}
+    print("| config | direction | beam | BLEU | chrF |\n| --- | --- | --- | --- | --- |")
+    for name, r in results.items():
+        print(f"| {name} | {r['direction']} | {r['beam_size']} | {r['bleu']:.2f} | {r['chrf']:.2f} |")
+    for name, r in results.items():
+        for signature in r["signatures"]:
+            print(f"{name}: {signature}")
+    return results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.savedmodel_worker:
+        savedmodel_worker(*args.savedmodel_worker)
+        return 0
+    from seq2seq.errors import UserError
+
+    for path in (REFERENCE_CONFIG, TEST_SOURCE, TEST_TARGET):
+        if not os.path.isfile(os.path.join(ROOT, path)):
+            raise UserError(f"{path}: not found (run `make data` first)")
+    if args.repeats is not None and args.repeats < 1:
+        raise UserError(f"--repeats must be positive, got {args.repeats}")
+    if args.train_steps is not None and args.train_steps <= WARMUP_STEPS:
+        raise UserError(f"--train-steps must be more than the {WARMUP_STEPS} warm-up steps, got {args.train_steps}")
+
+    def log(message):
+        print(message, file=sys.stderr, flush=True)
+
+    if args.quality:
+        results = quality(log)
+    else:
+        from seq2seq.runtime import import_tensorflow
+
+        import_tensorflow()
+        with tempfile.TemporaryDirectory(prefix="seq2seq-bench-") as work:
+            results = SpeedBench(args, work).run()
+        print_speed_table(results)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        log(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    from seq2seq.errors import run_cli
+
+    sys.exit(run_cli(main))
