@@ -13,7 +13,6 @@ BLEU and chrF lines (with signatures) go to stderr.
 
 import argparse
 import contextlib
-import io
 import os
 import sys
 import time
@@ -43,13 +42,11 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def _open_text(path, mode):
+def _open(path, mode):
     if path == "-":
         return None
     try:
-        # Invalid UTF-8 in the input is replaced by U+FFFD: the line is still translated.
-        return open(path, mode, encoding="utf-8", errors="replace" if "r" in mode else "strict",
-                    newline="\n" if "w" in mode else None)
+        return open(path, mode, encoding=None if "b" in mode else "utf-8", newline=None if "b" in mode else "\n")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except OSError as error:
@@ -71,14 +68,13 @@ def main(argv=None):
     if args.n_best is not None and not 1 <= args.n_best <= beam_size:
         raise UserError(f"--n-best must be between 1 and the beam size ({beam_size}), got {args.n_best}")
     references = _read_references(args.reference) if args.reference else None
-    source = _open_text(args.input, "r") or contextlib.nullcontext(
-        io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace"))
-    target = _open_text(args.output, "w") or contextlib.nullcontext(sys.stdout)
+    source = _open(args.input, "rb") or contextlib.nullcontext(sys.stdin.buffer)
+    target = _open(args.output, "w") or contextlib.nullcontext(sys.stdout)
 
     import_tensorflow()
     from seq2seq.model_dir import load_model
     from seq2seq.plots import plot_attention
-    from seq2seq.translate import Translator, alignment, score
+    from seq2seq.translate import Translator, alignment, one_line, score, text_lines
 
     started = time.perf_counter()
     config, tokenizer, model = load_model(args.model)
@@ -92,7 +88,7 @@ def main(argv=None):
 
     def write(out, index, hypotheses):
         for h in hypotheses if args.n_best else hypotheses[:1]:
-            fields = [str(index), h.text, f"{h.score:.4f}"] if args.n_best else [h.text]
+            fields = [str(index), one_line(h.text), f"{h.score:.4f}"] if args.n_best else [one_line(h.text)]
             if args.alignments:
                 fields.append(alignment(h))
             out.write(" ||| ".join(fields) + "\n")
@@ -106,9 +102,9 @@ def main(argv=None):
         print(f"warning: {name}:{index + 1}: longer than translate.max_input_length="
               f"{config.translate.max_input_length} subwords; translating its beginning only", file=sys.stderr)
 
-    with source as lines, target as out:
-        hypotheses = translator.translate_stream(lines, lambda i, hyps: write(out, i, hyps), args.batch_size,
-                                                 attention, warn_truncated)
+    with source as binary, target as out:
+        hypotheses = translator.translate_stream(text_lines(binary), lambda i, hyps: write(out, i, hyps),
+                                                 args.batch_size, attention, warn_truncated, out.flush)
     if args.verbose:
         seconds = time.perf_counter() - loaded
         print(f"translated {len(hypotheses)} lines in {seconds:.2f} s ({len(hypotheses) / max(seconds, 1e-9):.1f} "

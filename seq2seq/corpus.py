@@ -4,12 +4,21 @@ No TensorFlow here, so command lines can check their inputs before TensorFlow lo
 """
 
 import os
+import re
 
 from seq2seq.errors import DataError
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
-def read_lines(path):
-    """Yields ``(line_number, text)`` of a UTF-8 text file, with a DataError for any problem."""
+
+def read_lines(path, notes=None):
+    """Yields ``(line_number, text)`` of a UTF-8 text file, with a DataError for any problem.
+
+    Lines end at ``\n`` only. A ``\r\n`` ending and a UTF-8 byte order mark at the start of
+    the file are removed; control characters are kept (SentencePiece normalizes them). If
+    ``notes`` (a collections.Counter) is given, it counts what was found: ``CRLF line endings``,
+    ``byte order mark``, ``lines with control characters``.
+    """
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
     if os.path.isdir(path):
@@ -21,9 +30,20 @@ def read_lines(path):
     with f:
         for number, raw in enumerate(f, start=1):
             try:
-                yield number, raw.decode("utf-8").rstrip("\r\n")
+                text = raw.decode("utf-8")
             except UnicodeDecodeError as error:
                 raise DataError(f"{path}:{number}: invalid UTF-8 at byte {error.start}") from None
+            if text.endswith("\n"):
+                text = text[:-2] if text.endswith("\r\n") else text[:-1]
+                if notes is not None and raw.endswith(b"\r\n"):
+                    notes["CRLF line endings"] += 1
+            if number == 1 and text.startswith("\ufeff"):
+                text = text[1:]
+                if notes is not None:
+                    notes["byte order mark"] += 1
+            if notes is not None and _CONTROL.search(text):
+                notes["lines with control characters"] += 1
+            yield number, text
 
 
 def count_lines(path):
@@ -45,9 +65,10 @@ def check_parallel(source_path, target_path):
     return n_source
 
 
-def read_parallel(source_path, target_path):
-    """Yields ``(line_number, source_text, target_text)`` of two line-aligned files."""
-    for (number, source), (_, target) in zip(read_lines(source_path), read_lines(target_path)):
+def read_parallel(source_path, target_path, notes=None):
+    """Yields ``(line_number, source_text, target_text)`` of two line-aligned files; ``notes`` as
+    in ``read_lines``, for both files together."""
+    for (number, source), (_, target) in zip(read_lines(source_path, notes), read_lines(target_path, notes)):
         yield number, source, target
 
 

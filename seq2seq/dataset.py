@@ -6,9 +6,10 @@ longest example in the batch; ``decoder_inputs`` turns a target batch into the d
 Files are streamed (never held in memory whole) and encoded in chunks with SentencePiece.
 """
 
+import collections
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
@@ -29,11 +30,13 @@ class CorpusStats:
     too_long: int = 0  # more than max_length tokens on a side: skipped
     source_tokens: int = 0
     target_tokens: int = 0
+    notes: collections.Counter = field(default_factory=collections.Counter)  # see corpus.read_lines
 
     def describe(self):
+        notes = "".join(f"; {count} {what}" for what, count in sorted(self.notes.items()))
         return (f"{self.pairs} pairs kept of {self.lines} lines ({self.empty} empty, {self.too_long} "
                 f"longer than the length limit); {self.source_tokens} source and {self.target_tokens} "
-                "target tokens")
+                f"target tokens{notes}")
 
 
 def encoded_pairs(source_path, target_path, tokenizer, max_length, stats=None):
@@ -42,7 +45,7 @@ def encoded_pairs(source_path, target_path, tokenizer, max_length, stats=None):
     Lengths count EOS. ``stats`` (a CorpusStats), if given, is updated as lines are read.
     """
     stats = stats if stats is not None else CorpusStats()
-    pairs = read_parallel(source_path, target_path)
+    pairs = read_parallel(source_path, target_path, stats.notes)
     while True:
         chunk = list(itertools.islice(pairs, CHUNK_LINES))
         if not chunk:

@@ -1,6 +1,7 @@
 """The model directory: everything needed to translate, export or resume training.
 
     DIR/config.yaml          the resolved configuration
+    DIR/format.json          the model directory format and the versions that wrote it
     DIR/spm.model            the joint SentencePiece model (or spm.source.model and spm.target.model)
     DIR/checkpoints/         the last checkpoints: model, optimizer, step, epoch, best score
     DIR/best/                the checkpoint with the best validation BLEU (model weights only)
@@ -11,11 +12,14 @@
     DIR/learning_curves.png  training loss and validation BLEU against steps
 """
 
+import json
 import os
 
 from seq2seq.config import config_from_dict, read_yaml
 from seq2seq.errors import ConfigError, ModelDirError
 
+FORMAT = 1  # bumped when a model directory written before can no longer be read
+FORMAT_FILE = "format.json"
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -26,6 +30,35 @@ TRAIN_LOG = "train.log"
 TENSORBOARD = "tensorboard"
 
 
+def write_format(model_dir):
+    """Records the directory format and the library versions writing it (atomically)."""
+    import keras
+    import tensorflow as tf
+
+    path = os.path.join(model_dir, FORMAT_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump({"format": FORMAT, "tensorflow": tf.__version__, "keras": keras.__version__}, f)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def check_format(model_dir):
+    """Raises ModelDirError if ``model_dir`` was written in a format this version cannot read."""
+    path = os.path.join(model_dir, FORMAT_FILE)
+    if not os.path.isfile(path):
+        return  # written before the format was recorded: format 1
+    try:
+        with open(path, encoding="utf-8") as f:
+            written = json.load(f)
+        version = int(written["format"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ModelDirError(f"{path}: unreadable model directory format file") from None
+    if version != FORMAT:
+        raise ModelDirError(
+            f"{model_dir}: written in model directory format {version} (TensorFlow {written.get('tensorflow', '?')}); "
+            f"this version of seq2seq reads format {FORMAT} only")
+
+
 def read_model_config(model_dir):
     """Returns the Config saved in ``model_dir``, or raises ModelDirError if it is not a model directory."""
     if not os.path.isdir(model_dir):
@@ -33,10 +66,12 @@ def read_model_config(model_dir):
     path = os.path.join(model_dir, CONFIG)
     if not os.path.isfile(path):
         raise ModelDirError(f"{model_dir}: not a model directory (no {CONFIG}; train one with train.py)")
+    check_format(model_dir)
     try:
         return config_from_dict(read_yaml(path))
     except ConfigError as error:
-        raise ModelDirError(f"{path}: invalid model config: {error}") from None
+        raise ModelDirError(f"{path}: invalid model config (written by another version of seq2seq?): "
+                            f"{error}") from None
 
 
 def latest_checkpoint(model_dir, prefer_best=True):

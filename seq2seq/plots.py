@@ -43,7 +43,10 @@ def write_learning_curves(model_dir):
     records = []
     with open(os.path.join(model_dir, md.VALIDATION_HISTORY), encoding="utf-8") as f:
         for line in f:
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short when a run was killed
+                continue
             if "averaged_steps" not in record:
                 records.append(record)
     if not records:

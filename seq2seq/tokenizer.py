@@ -17,11 +17,13 @@ to predict ``pieces + [EOS]``.
 
 import os
 import random
+import re
 import tempfile
 
 import sentencepiece as spm
 
-from seq2seq.errors import ModelDirError, UserError
+from seq2seq.corpus import read_lines
+from seq2seq.errors import ConfigError, ModelDirError, UserError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
@@ -38,18 +40,17 @@ def sample_lines(paths, max_lines, seed):
     rng = random.Random(seed)
     sample, seen = [], 0
     for path in paths:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                seen += 1
-                if len(sample) < max_lines:
-                    sample.append(line)
-                else:
-                    j = rng.randrange(seen)
-                    if j < max_lines:
-                        sample[j] = line
+        for _, line in read_lines(path):
+            line = line.strip()
+            if not line:
+                continue
+            seen += 1
+            if len(sample) < max_lines:
+                sample.append(line)
+            else:
+                j = rng.randrange(seen)
+                if j < max_lines:
+                    sample[j] = line
     return sample
 
 
@@ -73,6 +74,13 @@ def train_sentencepiece(paths, model_path, tokenizer_config, seed):
                 hard_vocab_limit=False, input_sentence_size=0, max_sentence_length=1 << 16,
                 num_threads=os.cpu_count() or 1, minloglevel=2)
         except RuntimeError as error:
+            too_small = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", str(error))
+            if too_small:
+                raise ConfigError(
+                    f"config key tokenizer.vocab_size: {tokenizer_config.vocab_size} is too small for the "
+                    f"{int(too_small.group(2)) - 4} different characters of {', '.join(paths)} (and the 4 special "
+                    f"pieces); raise it to at least {too_small.group(2)} or lower tokenizer.character_coverage"
+                ) from None
             raise UserError(f"SentencePiece training failed on {', '.join(paths)}: {error}") from None
         for ext in (".model", ".vocab"):
             os.replace(os.path.join(tmp, "spm" + ext), prefix + ext)

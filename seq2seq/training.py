@@ -121,6 +121,7 @@ class Trainer:
         os.makedirs(self.model_dir, exist_ok=True)
         config_path = os.path.join(self.model_dir, md.CONFIG)
         if os.path.isfile(config_path):
+            md.check_format(self.model_dir)
             saved = config_from_dict(read_yaml(config_path))
             for section in ("tokenizer", "model"):
                 old, new = getattr(saved, section).__dict__, getattr(self.config, section).__dict__
@@ -130,6 +131,7 @@ class Trainer:
                             f"{self.model_dir}: was trained with {section}.{key}={old[key]!r}, not {new[key]!r}; "
                             "use another --model-dir to train a different model")
         save_config(self.config, config_path)
+        md.write_format(self.model_dir)
 
     def _load_tokenizer(self):
         joint = self.config.tokenizer.joint
@@ -206,8 +208,13 @@ class Trainer:
         return loss_sum / max(tokens, 1.0), bleu.score, chrf.score
 
     def _record(self, record):
-        with open(os.path.join(self.model_dir, md.VALIDATION_HISTORY), "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        path = os.path.join(self.model_dir, md.VALIDATION_HISTORY)
+        with open(path, "a+b") as f:
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")  # a line cut short by a killed run stays on its own line
+            f.write((json.dumps(record) + "\n").encode("utf-8"))
         write_learning_curves(self.model_dir)
 
     def validate(self):

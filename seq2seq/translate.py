@@ -7,6 +7,7 @@ length (the caller is told which). Input is read in chunks, so a large file or a
 translated with bounded memory and output starts before the input ends.
 """
 
+import io
 import itertools
 from collections import namedtuple
 
@@ -93,12 +94,12 @@ class Translator:
         """Translates ``lines`` (list of str); returns the best translations, same length and order."""
         return [best[0].text for best in self.hypotheses(lines, batch_size)]
 
-    def translate_stream(self, lines, write, batch_size=None, attention=False, on_truncate=None):
+    def translate_stream(self, lines, write, batch_size=None, attention=False, on_truncate=None, flush=None):
         """Translates an iterable of lines chunk by chunk, calling ``write(index, hypotheses)`` per line.
 
         ``hypotheses`` is the line's list of Hypothesis, best first. ``on_truncate(index)`` is
-        called for each line cut to ``max_input_length``. Returns the list of best translations
-        (for scoring).
+        called for each line cut to ``max_input_length``, ``flush()`` after each chunk. Returns
+        the list of best translations (for scoring).
         """
         translations = []
         lines = iter(lines)
@@ -114,6 +115,20 @@ class Translator:
             for hypotheses in results:
                 write(len(translations), hypotheses)
                 translations.append(hypotheses[0].text)
+            if flush is not None:
+                flush()
+
+
+def text_lines(binary):
+    """Lines of a binary stream (a file or stdin) for translation: decoded as UTF-8 with invalid
+    bytes replaced by U+FFFD, a byte order mark dropped, lines ending at ``\n`` only (a lone
+    ``\r`` or U+2028 does not start a line), so output lines match input lines one to one."""
+    return io.TextIOWrapper(binary, encoding="utf-8-sig", errors="replace", newline="\n")
+
+
+def one_line(text):
+    """``text`` safe to write as one output line: any line break in it becomes a space."""
+    return text.replace("\r", " ").replace("\n", " ")
 
 
 def alignment(hypothesis):
