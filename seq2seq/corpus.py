@@ -74,5 +74,10 @@ def read_parallel(source_path, target_path, notes=None):
 
 def check_data(data_config):
     """Checks the training and validation corpora of a ``DataConfig`` before any work starts."""
+    for key in ("train_source", "train_target", "valid_source", "valid_target"):
+        path = getattr(data_config, key)
+        if not os.path.isfile(path):
+            problem = "is a directory, expected a text file" if os.path.isdir(path) else "file not found"
+            raise DataError(f"config key data.{key}: {path}: {problem}")
     check_parallel(data_config.train_source, data_config.train_target)
     check_parallel(data_config.valid_source, data_config.valid_target)

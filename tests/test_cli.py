@@ -17,7 +17,7 @@ def test_train_missing_data_file(toy_data, tmp_path):
     values["data"]["train_source"] = str(tmp_path / "nowhere.src")
     result = run_script("train.py", "--config", write_yaml(tmp_path / "c.yaml", values),
                         "--model-dir", str(tmp_path / "m"))
-    assert_one_line_error(result, "nowhere.src", "file not found")
+    assert_one_line_error(result, "config key data.train_source", "nowhere.src", "file not found")
     assert not os.path.exists(tmp_path / "m")
 
 
@@ -141,7 +141,8 @@ def test_translate_alignments_and_attention_plots(trained_toy, tmp_path):
     assert (plots / "0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_ctrl_c_saves_a_checkpoint_and_a_rerun_resumes(toy_data, tmp_path):
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_a_rerun_resumes(toy_data, tmp_path, signal_name):
     import signal
     import subprocess
     import sys
@@ -158,11 +159,12 @@ def test_ctrl_c_saves_a_checkpoint_and_a_rerun_resumes(toy_data, tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and not (log.exists() and "step 20/" in log.read_text()):
         time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
+    signum = getattr(signal, signal_name)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert process.returncode == 128 + signum, stderr
     assert "Traceback" not in stderr
-    stopped = int(log.read_text().split("stopped by signal 2 at step ")[1].split(";")[0])
+    stopped = int(log.read_text().split(f"stopped by signal {int(signum)} at step ")[1].split(";")[0])
     assert stopped >= 20
     result = run_script("train.py", "--config", config, "--model-dir", str(model_dir), "--set",
                         f"training.max_steps={stopped + 10}")

@@ -42,6 +42,11 @@ def test_unknown_set_key_is_rejected():
     ({"training": {"max_steps": 2.5}}, "training.max_steps"),
     ({"tokenizer": {"joint": "yes"}}, "tokenizer.joint"),
     ({"training": {"label_smoothing": -0.1}}, "training.label_smoothing"),
+    ({"training": {"lr_decay_factor": 0}}, "training.lr_decay_factor"),
+    ({"training": {"min_learning_rate": 0}}, "training.min_learning_rate"),
+    ({"training": {"average_checkpoints": -1}}, "training.average_checkpoints"),
+    ({"model": {"tie_embeddings": "yes"}}, "model.tie_embeddings"),
+    ({"translate": {"max_input_length": 1}}, "translate.max_input_length"),
 ])
 def test_wrong_types_and_impossible_values_name_the_key(values, path):
     with pytest.raises(ConfigError, match=path.replace(".", r"\.")):
