@@ -68,6 +68,8 @@ class TrainingConfig:
     shuffle_buffer: int = 100_000  # sentence pairs
     log_every: int = 50  # steps between progress lines in train.log
     seed: int = 1234
+    distribution: str = "none"  # none (one device) | mirrored (all local GPUs, tf.distribute.MirroredStrategy)
+    mixed_precision: bool = False  # Keras mixed_float16 with loss scaling (for GPUs)
 
 
 @dataclass
@@ -96,6 +98,7 @@ _CHOICES = {
     "tokenizer.model_type": ("unigram", "bpe", "word", "char"),
     "model.cell": ("gru", "lstm", "rnn"),
     "model.attention": ("bahdanau",),
+    "training.distribution": ("none", "mirrored"),
 }
 
 

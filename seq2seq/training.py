@@ -142,20 +142,43 @@ class Trainer:
                  self.config.tokenizer.vocab_size, "joint" if joint else "one model per side")
         return Tokenizer.train(self.model_dir, self.config.data, self.config.tokenizer, self.config.training.seed)
 
+    def _make_strategy(self):
+        """The tf.distribute strategy of ``training.distribution``: the default (one device) or
+        MirroredStrategy over every local GPU (every logical CPU device when there is no GPU)."""
+        if self.config.training.distribution == "mirrored":
+            devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+            return tf.distribute.MirroredStrategy([device.name for device in devices])
+        return tf.distribute.get_strategy()
+
     def _build(self):
+        cfg = self.config
+        # mixed_float16: float16 compute, float32 variables; logits, softmax and loss stay float32.
+        keras.mixed_precision.set_global_policy("mixed_float16" if cfg.training.mixed_precision else "float32")
+        with self.strategy.scope():
+            self._build_in_scope()
+
+    def _build_in_scope(self):
         cfg = self.config
         self.model = Seq2Seq.from_config_section(cfg.model, self.tokenizer.source_vocab_size,
                                                  self.tokenizer.target_vocab_size)
-        self.optimizer = keras.optimizers.Adam(cfg.training.learning_rate, global_clipnorm=cfg.training.clip_norm)
+        # Gradients are clipped in the train step, after they are summed over replicas.
+        self.optimizer = keras.optimizers.Adam(cfg.training.learning_rate)
         self.optimizer.build(self.model.trainable_variables)
+        self.loss_scale = None
+        if cfg.training.mixed_precision:
+            self.loss_scale = keras.optimizers.LossScaleOptimizer(self.optimizer)
+            self.loss_scale.build(self.model.trainable_variables)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.best_bleu = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_bleu")
         self.bad_validations = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_validations")
         self.last_validated = tf.Variable(-1, dtype=tf.int64, trainable=False, name="last_validated")
         self.averaged_at = tf.Variable(-1, dtype=tf.int64, trainable=False, name="averaged_at")
-        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self.epoch,
-                                         best_bleu=self.best_bleu, bad_validations=self.bad_validations,
-                                         last_validated=self.last_validated, averaged_at=self.averaged_at)
+        state = dict(model=self.model, optimizer=self.optimizer, epoch=self.epoch, best_bleu=self.best_bleu,
+                     bad_validations=self.bad_validations, last_validated=self.last_validated,
+                     averaged_at=self.averaged_at)
+        if self.loss_scale is not None:
+            state["loss_scale"] = self.loss_scale
+        checkpoint = tf.train.Checkpoint(**state)
         self.checkpoints = tf.train.CheckpointManager(
             checkpoint, os.path.join(self.model_dir, md.CHECKPOINTS), max_to_keep=cfg.training.keep_checkpoints,
             step_counter=self.optimizer.iterations)
@@ -168,8 +191,11 @@ class Trainer:
                 tf.train.Checkpoint(model=self.model), os.path.join(self.model_dir, md.AVERAGING),
                 max_to_keep=cfg.training.average_checkpoints, step_counter=self.optimizer.iterations)
         self.loss_smoothing = cfg.training.label_smoothing
-        self.train_step = tf.function(self._train_step, input_signature=[
-            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)])
+        # One trace for every batch shape: the signature is the distributed batches' element spec.
+        batch_spec = (tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32))
+        empty = tf.data.Dataset.from_generator(lambda: iter(()), output_signature=batch_spec)
+        self.train_step = tf.function(self._train_step, input_signature=list(
+            self.strategy.experimental_distribute_dataset(empty).element_spec))
         self.eval_step = tf.function(self._eval_step, input_signature=[
             tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)])
         self.translator = Translator(self.model, self.tokenizer, cfg.translate, cfg.training.validation_beam_size)
@@ -180,15 +206,40 @@ class Trainer:
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def _train_step(self, source, target):
-        """One update. source, target: int32 [batch, len] -> (mean loss, target token count)."""
+    def _replica_step(self, source, target):
+        """One replica's share of an update. source, target: int32 [batch, len], this replica's
+        part of the global batch -> (summed loss, target token count) of that part.
+
+        The loss is normalized by the token count of the whole global batch, so that the
+        gradients summed over replicas are those of the global batch's mean token loss, whatever
+        the number of replicas. They are clipped by their global norm after that sum (and after
+        undoing the loss scale, with mixed precision).
+        """
+        context = tf.distribute.get_replica_context()
+        variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             logits = self.model((source, decoder_inputs(target)), training=True)
             loss_sum, tokens = masked_cross_entropy(target, logits, self.loss_smoothing)
-            loss = loss_sum / tf.maximum(tokens, 1.0)
-        gradients = tape.gradient(loss, self.model.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
-        return loss, tokens
+            global_tokens = context.all_reduce(tf.distribute.ReduceOp.SUM, tokens)
+            loss = loss_sum / tf.maximum(global_tokens, 1.0)
+            if self.loss_scale is not None:
+                loss = self.loss_scale.scale_loss(loss)
+        gradients = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
+        scale = tf.cast(self.loss_scale.dynamic_scale, tf.float32) if self.loss_scale is not None else 1.0
+        gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, [g / scale for g in gradients])
+        gradients, _ = tf.clip_by_global_norm(gradients, self.config.training.clip_norm)
+        # The optimizer sums over replicas again (and undoes the loss scale): hand it its share.
+        share = scale / context.num_replicas_in_sync
+        (self.loss_scale or self.optimizer).apply_gradients(zip([g * share for g in gradients], variables))
+        return loss_sum, tokens
+
+    def _train_step(self, source, target):
+        """One update on a global batch (per-replica values under a strategy) -> (mean token
+        loss, target token count) of the global batch."""
+        loss_sum, tokens = self.strategy.run(self._replica_step, args=(source, target))
+        loss_sum = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None)
+        tokens = self.strategy.reduce(tf.distribute.ReduceOp.SUM, tokens, axis=None)
+        return loss_sum / tf.maximum(tokens, 1.0), tokens
 
     def _eval_step(self, source, target):
         logits = self.model((source, decoder_inputs(target)), training=False)
@@ -304,6 +355,7 @@ class Trainer:
         check_data(data)
         self._prepare_model_dir()
         setup_logging(os.path.join(self.model_dir, md.TRAIN_LOG))
+        self.strategy = self._make_strategy()
         keras.utils.set_random_seed(tcfg.seed)
         self.tokenizer = self._load_tokenizer()
         self._build()
@@ -327,6 +379,10 @@ class Trainer:
         log.info("training data: %s; %d batches an epoch", stats.describe(), batches_per_epoch)
         log.info("model: %s, %s parameters; training to step %d", cfg.model.__dict__,
                  f"{self.model.count_params():,}", total_steps)
+        if self.strategy.num_replicas_in_sync > 1 or tcfg.mixed_precision:
+            log.info("%d replicas (%s), each batch of %d tokens split between them; mixed precision %s",
+                     self.strategy.num_replicas_in_sync, type(self.strategy).__name__, tcfg.batch_tokens,
+                     "on" if tcfg.mixed_precision else "off")
 
         previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -365,8 +421,9 @@ class Trainer:
         cfg, tcfg = self.config, self.config.training
         epoch = int(self.epoch.numpy())
         stats = CorpusStats()
-        for source, target in training_dataset(cfg.data.train_source, cfg.data.train_target, self.tokenizer, tcfg,
-                                               epoch, stats):
+        batches = self.strategy.experimental_distribute_dataset(training_dataset(
+            cfg.data.train_source, cfg.data.train_target, self.tokenizer, tcfg, epoch, stats))
+        for source, target in batches:
             loss, tokens = self.train_step(source, target)
             loss = float(loss)
             if not math.isfinite(loss):
@@ -380,7 +437,7 @@ class Trainer:
             if step % tcfg.log_every == 0:
                 with self.summaries.as_default(step=step):
                     tf.summary.scalar("train/loss", loss)
-            if step % tcfg.validate_every == 0:
+            if step % tcfg.validate_every == 0 and step != int(self.last_validated.numpy()):
                 progress.clear()
                 started = time.time()
                 self.validate()
