@@ -68,7 +68,7 @@ class TrainingConfig:
     shuffle_buffer: int = 100_000  # sentence pairs
     log_every: int = 50  # steps between progress lines in train.log
     seed: int = 1234
-    distribution: str = "none"  # none (one device) | mirrored (all local GPUs, tf.distribute.MirroredStrategy)
+    distribution: str = "none"  # none (one device) | mirrored (all local GPUs) | multi_worker (TF_CONFIG cluster)
     mixed_precision: bool = False  # Keras mixed_float16 with loss scaling (for GPUs)
 
 
@@ -98,7 +98,7 @@ _CHOICES = {
     "tokenizer.model_type": ("unigram", "bpe", "word", "char"),
     "model.cell": ("gru", "lstm", "rnn"),
     "model.attention": ("bahdanau",),
-    "training.distribution": ("none", "mirrored"),
+    "training.distribution": ("none", "mirrored", "multi_worker"),
 }
 
 

@@ -10,8 +10,10 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 
 import keras
@@ -49,15 +51,18 @@ def masked_cross_entropy(target, logits, label_smoothing=0.0):
     return tf.reduce_sum(per_token * mask), tf.reduce_sum(mask)
 
 
-def setup_logging(log_path):
-    """Logs to stderr and to ``log_path`` (appending, so a resumed run keeps its history)."""
+def setup_logging(log_path=None):
+    """Logs to stderr and to ``log_path`` if given (appending, so a resumed run keeps its history)."""
     log.setLevel(logging.INFO)
     log.propagate = False
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
     formatter = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(log_path, encoding="utf-8")):
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        handlers.append(logging.FileHandler(log_path, encoding="utf-8"))
+    for handler in handlers:
         handler.setFormatter(formatter)
         log.addHandler(handler)
 
@@ -112,6 +117,7 @@ class Trainer:
     def __init__(self, config, model_dir):
         self.config, self.model_dir = config, model_dir
         self.stop_signal = None
+        self.is_chief, self.worker = True, None  # set by _make_strategy for multi-worker training
         self.train_loss = [0.0, 0]  # training loss sum and token count since the last validation
 
     # -- set-up --------------------------------------------------------------------------------
@@ -136,6 +142,10 @@ class Trainer:
     def _load_tokenizer(self):
         joint = self.config.tokenizer.joint
         source_path, target_path = Tokenizer.model_paths(self.model_dir, joint)
+        if not self.is_chief:  # the chief trains it; files appear whole (written, then renamed)
+            log.info("waiting for the chief's SentencePiece model in %s", self.model_dir)
+            while not (os.path.isfile(source_path) and os.path.isfile(target_path)):
+                time.sleep(1.0)
         if os.path.isfile(source_path) and os.path.isfile(target_path):
             return Tokenizer(source_path, target_path)
         log.info("training SentencePiece (vocab_size %d, %s) on the training data",
@@ -143,12 +153,32 @@ class Trainer:
         return Tokenizer.train(self.model_dir, self.config.data, self.config.tokenizer, self.config.training.seed)
 
     def _make_strategy(self):
-        """The tf.distribute strategy of ``training.distribution``: the default (one device) or
-        MirroredStrategy over every local GPU (every logical CPU device when there is no GPU)."""
-        if self.config.training.distribution == "mirrored":
+        """The tf.distribute strategy of ``training.distribution``: the default (one device);
+        MirroredStrategy over every local GPU (every logical CPU device when there is no GPU);
+        or MultiWorkerMirroredStrategy over the cluster of ``TF_CONFIG``. Sets ``is_chief``."""
+        distribution = self.config.training.distribution
+        if distribution == "mirrored":
             devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
             return tf.distribute.MirroredStrategy([device.name for device in devices])
+        if distribution == "multi_worker":
+            if not os.environ.get("TF_CONFIG"):
+                raise UserError("training.distribution=multi_worker needs the cluster in the TF_CONFIG environment "
+                                "variable (see the README)")
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            resolver = strategy.cluster_resolver
+            has_chief = "chief" in resolver.cluster_spec().as_dict()
+            self.is_chief = resolver.task_type == "chief" or (
+                not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
+            self.worker = f"{resolver.task_type}:{resolver.task_id}"
+            return strategy
         return tf.distribute.get_strategy()
+
+    def _barrier(self):
+        """Waits until every worker gets here (a collective all-reduce of one number)."""
+        if self.strategy.num_replicas_in_sync > 1:
+            self.strategy.reduce(tf.distribute.ReduceOp.SUM, self.strategy.run(
+                lambda: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, 1.0)),
+                axis=None)
 
     def _build(self):
         cfg = self.config
@@ -179,16 +209,19 @@ class Trainer:
         if self.loss_scale is not None:
             state["loss_scale"] = self.loss_scale
         checkpoint = tf.train.Checkpoint(**state)
+        # Every worker saves (as tf.distribute requires); the chief into the model directory, the
+        # others into a scratch directory that is thrown away.
+        write_dir = self.model_dir if self.is_chief else self.scratch
         self.checkpoints = tf.train.CheckpointManager(
-            checkpoint, os.path.join(self.model_dir, md.CHECKPOINTS), max_to_keep=cfg.training.keep_checkpoints,
+            checkpoint, os.path.join(write_dir, md.CHECKPOINTS), max_to_keep=cfg.training.keep_checkpoints,
             step_counter=self.optimizer.iterations)
         best = tf.train.Checkpoint(model=self.model, best_bleu=self.best_bleu)
-        self.best_checkpoints = tf.train.CheckpointManager(best, os.path.join(self.model_dir, md.BEST),
+        self.best_checkpoints = tf.train.CheckpointManager(best, os.path.join(write_dir, md.BEST),
                                                            max_to_keep=1, step_counter=self.optimizer.iterations)
         self.averaging = None
         if cfg.training.average_checkpoints > 1:
             self.averaging = tf.train.CheckpointManager(
-                tf.train.Checkpoint(model=self.model), os.path.join(self.model_dir, md.AVERAGING),
+                tf.train.Checkpoint(model=self.model), os.path.join(write_dir, md.AVERAGING),
                 max_to_keep=cfg.training.average_checkpoints, step_counter=self.optimizer.iterations)
         self.loss_smoothing = cfg.training.label_smoothing
         # One trace for every batch shape: the signature is the distributed batches' element spec.
@@ -259,6 +292,8 @@ class Trainer:
         return loss_sum / max(tokens, 1.0), bleu.score, chrf.score
 
     def _record(self, record):
+        if not self.is_chief:
+            return
         path = os.path.join(self.model_dir, md.VALIDATION_HISTORY)
         with open(path, "a+b") as f:
             if f.seek(0, os.SEEK_END) > 0:
@@ -316,7 +351,9 @@ class Trainer:
     def average_checkpoints(self):
         """Averages the weights of the last ``average_checkpoints`` validated models; if the
         average scores a better validation BLEU, it becomes the best model."""
-        paths = self.averaging.checkpoints
+        self._barrier()  # the chief's last copy is written
+        state = tf.train.get_checkpoint_state(os.path.join(self.model_dir, md.AVERAGING))
+        paths = list(state.all_model_checkpoint_paths) if state else []
         step = self.step
         if len(paths) < 2 or int(self.averaged_at.numpy()) == step:
             return
@@ -353,17 +390,25 @@ class Trainer:
         cfg, tcfg = self.config, self.config.training
         data = cfg.data
         check_data(data)
-        self._prepare_model_dir()
-        setup_logging(os.path.join(self.model_dir, md.TRAIN_LOG))
-        self.strategy = self._make_strategy()
+        self.strategy = self._make_strategy()  # first: MultiWorkerMirroredStrategy must precede other TF work
+        if self.is_chief:
+            self._prepare_model_dir()
+            setup_logging(os.path.join(self.model_dir, md.TRAIN_LOG))
+        else:
+            self.scratch = tempfile.mkdtemp(prefix="seq2seq-worker-")
+            setup_logging()
+            log.info("worker %s: the chief writes %s", self.worker, self.model_dir)
         keras.utils.set_random_seed(tcfg.seed)
         self.tokenizer = self._load_tokenizer()
         self._build()
-        resumed = self.checkpoints.restore_or_initialize()
+        # Every worker resumes from the chief's last checkpoint (a shared file system).
+        resumed = tf.train.latest_checkpoint(os.path.join(self.model_dir, md.CHECKPOINTS))
         if resumed:
+            self.checkpoints.checkpoint.restore(resumed)
             log.info("resumed from %s at step %d (epoch %d, best BLEU %.2f)", resumed, self.step,
                      int(self.epoch.numpy()) + 1, float(self.best_bleu.numpy()))
-        self.summaries = tf.summary.create_file_writer(os.path.join(self.model_dir, md.TENSORBOARD))
+        self.summaries = (tf.summary.create_file_writer(os.path.join(self.model_dir, md.TENSORBOARD))
+                          if self.is_chief else tf.summary.create_noop_writer())
         self.valid_batches = evaluation_batches(data.valid_source, data.valid_target, self.tokenizer, tcfg)
         valid_pairs = [(s, t) for _, s, t in read_parallel(data.valid_source, data.valid_target)]
         self.valid_sources = [s for s, _ in valid_pairs]
@@ -380,8 +425,8 @@ class Trainer:
         log.info("model: %s, %s parameters; training to step %d", cfg.model.__dict__,
                  f"{self.model.count_params():,}", total_steps)
         if self.strategy.num_replicas_in_sync > 1 or tcfg.mixed_precision:
-            log.info("%d replicas (%s), each batch of %d tokens split between them; mixed precision %s",
-                     self.strategy.num_replicas_in_sync, type(self.strategy).__name__, tcfg.batch_tokens,
+            log.info("%d replicas (training.distribution=%s), each batch of %d tokens split between them; "
+                     "mixed precision %s", self.strategy.num_replicas_in_sync, tcfg.distribution, tcfg.batch_tokens,
                      "on" if tcfg.mixed_precision else "off")
 
         previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -391,6 +436,8 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             self.summaries.close()
+            if not self.is_chief:
+                shutil.rmtree(self.scratch, ignore_errors=True)
         return float(self.best_bleu.numpy())
 
     def _early_stopped(self):

@@ -35,10 +35,58 @@ def test_mirrored_over_two_devices_follows_the_single_device_loss_curve(toy_data
         "training.label_smoothing": 0.1, "training.clip_norm": 0.5}))
     single_log, single = _train(config, str(tmp_path / "single"), "none")
     mirrored_log, mirrored = _train(config, str(tmp_path / "mirrored"), "mirrored")
-    assert "2 replicas (MirroredStrategy)" in mirrored_log and "replicas" not in single_log
+    assert "2 replicas (training.distribution=mirrored)" in mirrored_log and "replicas" not in single_log
     assert len(single) == len(mirrored) == 40
     # The same global batches, split in two: the same loss at every step, up to float rounding.
     assert mirrored == pytest.approx(single, abs=2e-3)
     assert single[-1] < single[0] / 2  # and it is a learning curve
     bleu = [re.search(r"validation at step 40: .*BLEU ([\d.]+)", log).group(1) for log in (single_log, mirrored_log)]
     assert float(bleu[0]) == pytest.approx(float(bleu[1]), abs=1.0)
+
+
+def _free_ports(count):
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _exact_match(model_dir, toy_data):
+    from conftest import toy
+    from seq2seq.model_dir import load_model
+    from seq2seq.translate import Translator
+
+    config, tokenizer, model = load_model(model_dir)
+    with open(os.path.join(toy_data, "test.src"), encoding="utf-8") as f:
+        sources = f.read().splitlines()
+    outputs = Translator(model, tokenizer, config.translate, beam_size=1).translate(sources)
+    return sum(out == " ".join(toy.translate(src.split())) for src, out in zip(sources, outputs)) / len(sources)
+
+
+def test_two_workers_train_the_toy_task_like_one_process(toy_data, trained_toy, tmp_path):
+    import json
+
+    config = write_yaml(tmp_path / "config.yaml", toy_config(toy_data))  # the config of trained_toy
+    model_dir = str(tmp_path / "model")
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    workers = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        workers.append(subprocess.Popen(
+            [sys.executable, "train.py", "--config", config, "--model-dir", model_dir,
+             "--set", "training.distribution=multi_worker"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    outputs = [worker.communicate(timeout=900) for worker in workers]
+    for worker, (_, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr
+        assert "training done at step 600" in stderr
+    assert "2 replicas (training.distribution=multi_worker)" in outputs[0][1]
+    assert "worker worker:1: the chief writes" in outputs[1][1]
+    assert sorted(os.listdir(model_dir)) == sorted(os.listdir(trained_toy))  # written once, by the chief
+    single, multi = _exact_match(trained_toy, toy_data), _exact_match(model_dir, toy_data)
+    assert multi >= 0.95 and abs(multi - single) <= 0.03, (single, multi)
