@@ -90,3 +90,36 @@ def test_two_workers_train_the_toy_task_like_one_process(toy_data, trained_toy, 
     assert sorted(os.listdir(model_dir)) == sorted(os.listdir(trained_toy))  # written once, by the chief
     single, multi = _exact_match(trained_toy, toy_data), _exact_match(model_dir, toy_data)
     assert multi >= 0.95 and abs(multi - single) <= 0.03, (single, multi)
+
+
+def test_mixed_precision_trains_with_loss_scaling_and_resumes(toy_data, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from seq2seq.config import config_from_dict
+    from seq2seq.training import Trainer
+
+    values = toy_config(toy_data, **{"training.max_steps": 40, "training.validate_every": 40,
+                                     "training.mixed_precision": True})
+    model_dir = str(tmp_path / "model")
+    try:
+        trainer = Trainer(config_from_dict(values), model_dir)
+        trainer.train()
+        assert trainer.model.encoder.embedding.compute_dtype == "float16"
+        assert trainer.model.encoder.embedding.embeddings.dtype == "float32"
+        assert trainer.step == 40 and trainer.best_bleu.numpy() > 0
+        # The loss scale is part of the checkpoint.
+        reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints", "ckpt-40"))
+        saved = [name for name in reader.get_variable_to_shape_map() if name.startswith("loss_scale/")]
+        assert any("dynamic_scale" in name for name in saved), saved
+        resumed = Trainer(config_from_dict(values, ["training.max_steps=50"]), model_dir)
+        resumed.train()
+        assert resumed.step == 50
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    # The model directory translates in float32, like any other.
+    from seq2seq.model_dir import load_model
+
+    _, _, model = load_model(model_dir)
+    assert model.encoder.embedding.compute_dtype == "float32"
+    assert tf.reduce_all(tf.math.is_finite(model((tf.constant([[4, 3]]), tf.constant([[2, 4]])))))
