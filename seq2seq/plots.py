@@ -55,8 +55,8 @@ def write_learning_curves(model_dir):
     figure, (loss_axes, bleu_axes) = plt.subplots(1, 2, figsize=(11, 4))
     trained = [(r["step"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
     if trained:
-        loss_axes.plot(*zip(*trained), marker=".", label="training (mean since the last validation)")
-    loss_axes.plot(steps, [r["loss"] for r in records], marker=".", label="validation")
+        loss_axes.plot(*zip(*trained), marker=".", label="training (label smoothing, dropout)")
+    loss_axes.plot(steps, [r["loss"] for r in records], marker=".", label="validation (plain cross-entropy)")
     loss_axes.set_xlabel("step")
     loss_axes.set_ylabel("loss per target token")
     loss_axes.legend()
@@ -65,6 +65,8 @@ def write_learning_curves(model_dir):
     best = max(records, key=lambda r: r["bleu"])
     bleu_axes.annotate(f"best {best['bleu']:.2f}", (best["step"], best["bleu"]), textcoords="offset points",
                        xytext=(0, 6), ha="center")
+    low, high = bleu_axes.get_ylim()
+    bleu_axes.set_ylim(low, high + 0.08 * (high - low))  # room for the label
     bleu_axes.set_xlabel("step")
     bleu_axes.set_ylabel("validation BLEU")
     bleu_axes.grid(alpha=0.3)
