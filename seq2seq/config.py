@@ -30,7 +30,7 @@ class TokenizerConfig:
     joint: bool = True  # one SentencePiece model for both sides, else one per side
     model_type: str = "unigram"  # unigram | bpe | word | char (SentencePiece model types)
     character_coverage: float = 1.0
-    max_sentences: int = 1_000_000  # SentencePiece trains on a random sample of at most this many lines
+    max_sentences: int = 200_000  # SentencePiece trains on a random sample of at most this many lines
 
 
 @dataclass
@@ -65,7 +65,7 @@ class TrainingConfig:
     patience: int = 5  # validations without a better BLEU before stopping
     validation_beam_size: int = 1  # beam size of the validation translations (1: greedy)
     keep_checkpoints: int = 3
-    shuffle_buffer: int = 100_000  # sentence pairs
+    shuffle_buffer: int = 30_000  # sentence pairs (all of Multi30k); memory grows with it, not with the corpus
     log_every: int = 50  # steps between progress lines in train.log
     seed: int = 1234
     distribution: str = "none"  # none (one device) | mirrored (all local GPUs) | multi_worker (TF_CONFIG cluster)
