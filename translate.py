@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Translates text with a trained model, one output line per input line, in input order.
 
-    translate.py --model DIR [--input PATH|-] [--output PATH|-] [--beam-size N] [--n-best N]
+    translate.py --model DIR [--input PATH|-] [--output PATH|-] [--beam-size N] [--length-penalty A] [--n-best N]
                  [--alignments] [--plot-attention DIR] [--batch-size N] [--reference PATH]
 
 With --n-best N, each input line gives N lines ``index ||| translation ||| score`` (index from
@@ -13,6 +13,7 @@ BLEU and chrF lines (with signatures) go to stderr.
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -30,6 +31,8 @@ def parse_args(argv):
     parser.add_argument("--output", default="-", help="where to write translations (default: stdout)")
     parser.add_argument("--beam-size", type=int, default=None,
                         help="beam size (default: translate.beam_size of the model's config); 1 is greedy")
+    parser.add_argument("--length-penalty", type=float, default=None, metavar="ALPHA",
+                        help="GNMT length penalty α (default: translate.length_penalty of the model's config)")
     parser.add_argument("--n-best", type=int, default=None,
                         help="write the N best translations of each line as 'index ||| translation ||| score'")
     parser.add_argument("--alignments", action="store_true",
@@ -63,6 +66,8 @@ def main(argv=None):
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     if args.beam_size is not None and args.beam_size < 1:
         raise UserError(f"--beam-size must be positive, got {args.beam_size}")
+    if args.length_penalty is not None and args.length_penalty < 0:
+        raise UserError(f"--length-penalty must be non-negative, got {args.length_penalty}")
     config = read_model_config(args.model)  # fail fast, before TensorFlow loads
     beam_size = args.beam_size or config.translate.beam_size
     if args.n_best is not None and not 1 <= args.n_best <= beam_size:
@@ -78,7 +83,10 @@ def main(argv=None):
 
     started = time.perf_counter()
     config, tokenizer, model = load_model(args.model)
-    translator = Translator(model, tokenizer, config.translate, beam_size, args.n_best or 1)
+    translate_config = config.translate
+    if args.length_penalty is not None:
+        translate_config = dataclasses.replace(translate_config, length_penalty=args.length_penalty)
+    translator = Translator(model, tokenizer, translate_config, beam_size, args.n_best or 1)
     translator.warm_up(args.alignments or args.plot_attention is not None)
     loaded = time.perf_counter()
 

@@ -120,9 +120,21 @@ def test_translate_n_best_format(trained_toy):
     (["--beam-size", "0"], "--beam-size must be positive"),
     (["--beam-size", "2", "--n-best", "3"], "--n-best must be between 1 and the beam size (2)"),
     (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--length-penalty", "-0.5"], "--length-penalty must be non-negative"),
 ])
 def test_translate_bad_options(trained_toy, args, fragment):
     assert_one_line_error(run_script("translate.py", "--model", trained_toy, *args, stdin="s1\n"), fragment)
+
+
+def test_translate_length_penalty_option_changes_the_scores(trained_toy):
+    def best_score(alpha):
+        result = run_script("translate.py", "--model", trained_toy, "--n-best", "1", "--length-penalty", alpha,
+                            stdin="s1 s2 s3 s4 s5 s6\n")
+        assert result.returncode == 0, result.stderr
+        return float(result.stdout.split(" ||| ")[2])
+
+    # 7 tokens with EOS: lp = (12/6)^α, the log-probability (negative) is divided by it.
+    assert best_score("1.0") == pytest.approx(best_score("0") / 2.0, abs=2e-4)
 
 
 def test_translate_alignments_and_attention_plots(trained_toy, tmp_path):
