@@ -42,6 +42,12 @@ def test_mirrored_over_two_devices_follows_the_single_device_loss_curve(toy_data
     assert single[-1] < single[0] / 2  # and it is a learning curve
     bleu = [re.search(r"validation at step 40: .*BLEU ([\d.]+)", log).group(1) for log in (single_log, mirrored_log)]
     assert float(bleu[0]) == pytest.approx(float(bleu[1]), abs=1.0)
+    # Resuming under the strategy continues the same curve.
+    resumed = subprocess.run([sys.executable, "-c", TWO_CPUS, "--config", config, "--model-dir",
+                              str(tmp_path / "mirrored"), "--set", "training.distribution=mirrored",
+                              "--set", "training.max_steps=50"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "at step 40 (" in resumed.stderr and "training done at step 50" in resumed.stderr
 
 
 def _free_ports(count):
@@ -73,18 +79,28 @@ def test_two_workers_train_the_toy_task_like_one_process(toy_data, trained_toy, 
 
     config = write_yaml(tmp_path / "config.yaml", toy_config(toy_data))  # the config of trained_toy
     model_dir = str(tmp_path / "model")
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-    workers = []
-    for index in range(2):
-        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        workers.append(subprocess.Popen(
-            [sys.executable, "train.py", "--config", config, "--model-dir", model_dir,
-             "--set", "training.distribution=multi_worker"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True))
-    outputs = [worker.communicate(timeout=900) for worker in workers]
-    for worker, (_, stderr) in zip(workers, outputs):
-        assert worker.returncode == 0, stderr
-        assert "training done at step 600" in stderr
+
+    def run_workers(*overrides):
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+        workers = []
+        for index in range(2):
+            task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            workers.append(subprocess.Popen(
+                [sys.executable, "train.py", "--config", config, "--model-dir", model_dir,
+                 "--set", "training.distribution=multi_worker", *overrides], cwd=ROOT,
+                env={**os.environ, "TF_CONFIG": json.dumps(task)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True))
+        outputs = [worker.communicate(timeout=900) for worker in workers]
+        for worker, (_, stderr) in zip(workers, outputs):
+            assert worker.returncode == 0, stderr
+        return outputs
+
+    # Stopped at step 300, then resumed by both workers from the chief's checkpoint.
+    for _, stderr in run_workers("--set", "training.max_steps=300"):
+        assert "training done at step 300" in stderr
+    outputs = run_workers()
+    for _, stderr in outputs:
+        assert "at step 300 (" in stderr and "training done at step 600" in stderr
     assert "2 replicas (training.distribution=multi_worker)" in outputs[0][1]
     assert "worker worker:1: the chief writes" in outputs[1][1]
     assert sorted(os.listdir(model_dir)) == sorted(os.listdir(trained_toy))  # written once, by the chief
