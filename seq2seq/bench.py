@@ -304,6 +304,7 @@ def main(argv=None):
             results = SpeedBench(args, work).run()
         print_speed_table(results)
     if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2, ensure_ascii=False)
             f.write("\n")
