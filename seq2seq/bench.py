@@ -283,13 +283,13 @@ def main(argv=None):
         return 0
     from seq2seq.errors import UserError
 
-    for path in (REFERENCE_CONFIG, TEST_SOURCE, TEST_TARGET):
-        if not os.path.isfile(os.path.join(ROOT, path)):
-            raise UserError(f"{path}: not found (run `make data` first)")
     if args.repeats is not None and args.repeats < 1:
         raise UserError(f"--repeats must be positive, got {args.repeats}")
     if args.train_steps is not None and args.train_steps <= WARMUP_STEPS:
         raise UserError(f"--train-steps must be more than the {WARMUP_STEPS} warm-up steps, got {args.train_steps}")
+    for path in (REFERENCE_CONFIG, TEST_SOURCE, TEST_TARGET):
+        if not os.path.isfile(os.path.join(ROOT, path)):
+            raise UserError(f"{path}: not found (run `make data` first)")
 
     def log(message):
         print(message, file=sys.stderr, flush=True)
