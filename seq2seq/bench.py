@@ -59,7 +59,11 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def run_measured(command, log=None):
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_measured(command):
     """Runs ``command`` (a list) from the repository root; returns (stdout, stderr, wall seconds,
     peak RSS in MB of that process). A failure is raised with its stderr."""
     started = time.perf_counter()
@@ -73,8 +77,6 @@ def run_measured(command, log=None):
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"{' '.join(command)} failed with exit status {code}:\n{stderr[-3000:]}")
-    if log:
-        log(" ".join(command))
     return stdout, stderr, wall, usage.ru_maxrss / 1024.0
 
 
@@ -106,7 +108,7 @@ class SpeedBench:
         self.results, self.commands = {}, []
 
     def log(self, message):
-        print(message, file=sys.stderr, flush=True)
+        log(message)
 
     def command(self, *args):
         self.commands.append(" ".join(args))
@@ -290,9 +292,6 @@ def main(argv=None):
     for path in (REFERENCE_CONFIG, TEST_SOURCE, TEST_TARGET):
         if not os.path.isfile(os.path.join(ROOT, path)):
             raise UserError(f"{path}: not found (run `make data` first)")
-
-    def log(message):
-        print(message, file=sys.stderr, flush=True)
 
     if args.quality:
         results = quality(log)
