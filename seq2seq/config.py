@@ -55,7 +55,9 @@ class TrainingConfig:
     epochs: int = 20
     max_steps: typing.Optional[int] = None
     learning_rate: float = 0.001
-    lr_decay_factor: float = 0.5  # the learning rate is multiplied by this ...
+    lr_schedule: str = "plateau"  # plateau (decay on plateau) | cosine (down to min_learning_rate at the last step)
+    warmup_steps: int = 0  # linear warm-up from 0 to learning_rate over the first steps
+    lr_decay_factor: float = 0.5  # plateau: the learning rate is multiplied by this ...
     lr_decay_patience: int = 2  # ... after this many validations in a row without a better BLEU
     min_learning_rate: float = 1e-5  # decay never goes below this
     average_checkpoints: int = 0  # at the end, average the last N validated models; keep them if better
@@ -99,6 +101,7 @@ _CHOICES = {
     "model.cell": ("gru", "lstm", "rnn"),
     "model.attention": ("bahdanau",),
     "training.distribution": ("none", "mirrored", "multi_worker"),
+    "training.lr_schedule": ("plateau", "cosine"),
 }
 
 
@@ -171,6 +174,7 @@ def _validate(config):
         require(getattr(tr, key) > 0, f"training.{key}", "must be positive")
     require(tr.max_steps is None or tr.max_steps > 0, "training.max_steps", "must be positive or null")
     require(tr.learning_rate > 0, "training.learning_rate", "must be positive")
+    require(tr.warmup_steps >= 0, "training.warmup_steps", "must be non-negative (0: no warm-up)")
     require(0 < tr.lr_decay_factor <= 1, "training.lr_decay_factor", "must be in (0, 1] (1: no decay)")
     require(tr.lr_decay_patience > 0, "training.lr_decay_patience", "must be positive")
     require(tr.min_learning_rate > 0, "training.min_learning_rate", "must be positive")

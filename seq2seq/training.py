@@ -51,6 +51,33 @@ def masked_cross_entropy(target, logits, label_smoothing=0.0):
     return tf.reduce_sum(per_token * mask), tf.reduce_sum(mask)
 
 
+class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """The learning rate of ``training.lr_schedule`` at each step, after a linear warm-up of
+    ``warmup_steps``: ``plateau`` is ``rate``, a variable that decay on plateau lowers (and that
+    checkpoints keep); ``cosine`` follows a cosine from ``rate`` down to ``min_rate`` at
+    ``total_steps`` (Keras's CosineDecay).
+    """
+
+    def __init__(self, schedule, rate, min_rate, warmup_steps, total_steps):
+        self.schedule, self.min_rate, self.warmup_steps, self.total_steps = schedule, min_rate, warmup_steps, total_steps
+        self.rate = tf.Variable(rate, dtype=tf.float32, trainable=False, name="learning_rate")
+        self.cosine = keras.optimizers.schedules.CosineDecay(
+            1.0, max(1, total_steps - warmup_steps), alpha=min(1.0, min_rate / rate))
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        rate = tf.convert_to_tensor(self.rate)
+        if self.warmup_steps:
+            rate *= tf.minimum(1.0, (step + 1) / self.warmup_steps)
+        if self.schedule == "cosine":
+            rate *= self.cosine(tf.maximum(step - self.warmup_steps, 0.0))
+        return rate
+
+    def get_config(self):
+        return {"schedule": self.schedule, "rate": float(self.rate.numpy()), "min_rate": self.min_rate,
+                "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
+
+
 def setup_logging(log_path=None):
     """Logs to stderr and to ``log_path`` if given (appending, so a resumed run keeps its history)."""
     log.setLevel(logging.INFO)
@@ -180,19 +207,21 @@ class Trainer:
                 lambda: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, 1.0)),
                 axis=None)
 
-    def _build(self):
+    def _build(self, total_steps):
         cfg = self.config
         # mixed_float16: float16 compute, float32 variables; logits, softmax and loss stay float32.
         keras.mixed_precision.set_global_policy("mixed_float16" if cfg.training.mixed_precision else "float32")
         with self.strategy.scope():
-            self._build_in_scope()
+            self._build_in_scope(total_steps)
 
-    def _build_in_scope(self):
-        cfg = self.config
+    def _build_in_scope(self, total_steps):
+        cfg, tcfg = self.config, self.config.training
         self.model = Seq2Seq.from_config_section(cfg.model, self.tokenizer.source_vocab_size,
                                                  self.tokenizer.target_vocab_size)
+        self.learning_rate = LearningRate(tcfg.lr_schedule, tcfg.learning_rate, tcfg.min_learning_rate,
+                                          tcfg.warmup_steps, total_steps)
         # Gradients are clipped in the train step, after they are summed over replicas.
-        self.optimizer = keras.optimizers.Adam(cfg.training.learning_rate)
+        self.optimizer = keras.optimizers.Adam(self.learning_rate)
         self.optimizer.build(self.model.trainable_variables)
         self.loss_scale = None
         if cfg.training.mixed_precision:
@@ -203,8 +232,8 @@ class Trainer:
         self.bad_validations = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_validations")
         self.last_validated = tf.Variable(-1, dtype=tf.int64, trainable=False, name="last_validated")
         self.averaged_at = tf.Variable(-1, dtype=tf.int64, trainable=False, name="averaged_at")
-        state = dict(model=self.model, optimizer=self.optimizer, epoch=self.epoch, best_bleu=self.best_bleu,
-                     bad_validations=self.bad_validations, last_validated=self.last_validated,
+        state = dict(model=self.model, optimizer=self.optimizer, learning_rate=self.learning_rate.rate,
+                     epoch=self.epoch, best_bleu=self.best_bleu, bad_validations=self.bad_validations, last_validated=self.last_validated,
                      averaged_at=self.averaged_at)
         if self.loss_scale is not None:
             state["loss_scale"] = self.loss_scale
@@ -337,12 +366,14 @@ class Trainer:
                  record["perplexity"], bleu, chrf,
                  " (new best)" if improved else f", best {record['best_bleu']:.2f}, "
                  f"{bad}/{tcfg.patience} without improvement", record["seconds"])
-        if not improved and bad % tcfg.lr_decay_patience == 0 and tcfg.lr_decay_factor < 1:
-            decayed = max(learning_rate * tcfg.lr_decay_factor, tcfg.min_learning_rate)
-            if decayed < learning_rate:
-                self.optimizer.learning_rate = decayed
-                log.info("learning rate %.3g -> %.3g after %d validations without improvement", learning_rate,
-                         decayed, tcfg.lr_decay_patience)
+        if (tcfg.lr_schedule == "plateau" and not improved and bad % tcfg.lr_decay_patience == 0
+                and tcfg.lr_decay_factor < 1):
+            rate = float(self.learning_rate.rate.numpy())
+            decayed = max(rate * tcfg.lr_decay_factor, tcfg.min_learning_rate)
+            if decayed < rate:
+                self.learning_rate.rate.assign(decayed)
+                log.info("learning rate %.3g -> %.3g after %d validations without improvement", rate, decayed,
+                         tcfg.lr_decay_patience)
         if self.averaging is not None:
             self.averaging.save(checkpoint_number=step)
         self.checkpoints.save(checkpoint_number=step)
@@ -400,7 +431,14 @@ class Trainer:
             log.info("worker %s: the chief writes %s", self.worker, self.model_dir)
         keras.utils.set_random_seed(tcfg.seed)
         self.tokenizer = self._load_tokenizer()
-        self._build()
+        stats, batches_per_epoch = estimate_batches(data.train_source, data.train_target, self.tokenizer, tcfg)
+        if stats.pairs == 0:
+            raise UserError(f"{data.train_source}: no training pair is non-empty and within "
+                            f"training.max_length={tcfg.max_length} tokens")
+        total_steps = tcfg.epochs * batches_per_epoch
+        if tcfg.max_steps is not None:
+            total_steps = min(total_steps, tcfg.max_steps)
+        self._build(total_steps)
         # Every worker resumes from the chief's last checkpoint (a shared file system).
         resumed = tf.train.latest_checkpoint(os.path.join(self.model_dir, md.CHECKPOINTS))
         if resumed:
@@ -414,13 +452,6 @@ class Trainer:
         self.valid_sources = [s for s, _ in valid_pairs]
         self.valid_references = [t for _, t in valid_pairs]
 
-        stats, batches_per_epoch = estimate_batches(data.train_source, data.train_target, self.tokenizer, tcfg)
-        if stats.pairs == 0:
-            raise UserError(f"{data.train_source}: no training pair is non-empty and within "
-                            f"training.max_length={tcfg.max_length} tokens")
-        total_steps = tcfg.epochs * batches_per_epoch
-        if tcfg.max_steps is not None:
-            total_steps = min(total_steps, tcfg.max_steps)
         log.info("training data: %s; %d batches an epoch", stats.describe(), batches_per_epoch)
         log.info("model: %s, %s parameters; training to step %d", cfg.model.__dict__,
                  f"{self.model.count_params():,}", total_steps)

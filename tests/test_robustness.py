@@ -107,8 +107,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoints(toy_da
     trainer = Trainer(config_from_dict(values, ["training.max_steps=200"]), model_dir)
     real_build = trainer._build
 
-    def build_with_a_diverging_step():
-        real_build()
+    def build_with_a_diverging_step(total_steps):
+        real_build(total_steps)
         real_step, calls = trainer.train_step, []
 
         def train_step(source, target):

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 
 import numpy as np
@@ -8,7 +9,7 @@ import tensorflow as tf
 from conftest import toy, toy_config
 from seq2seq.config import config_from_dict
 from seq2seq.model_dir import load_model
-from seq2seq.training import Trainer, masked_cross_entropy
+from seq2seq.training import LearningRate, Trainer, masked_cross_entropy
 from seq2seq.translate import Translator
 
 
@@ -110,6 +111,34 @@ def test_learning_rate_decays_after_validations_without_improvement(toy_data, tm
     resumed = Trainer(config_from_dict(values, ["training.max_steps=120"]), model_dir)
     resumed.train()
     assert float(resumed.optimizer.learning_rate.numpy()) <= 3e-10 * 1.0001
+
+
+def test_learning_rate_schedules_warm_up_and_decay():
+    plateau = LearningRate("plateau", 1e-3, 1e-5, warmup_steps=10, total_steps=110)
+    assert [float(plateau(step)) for step in (0, 4, 9, 50, 109)] == pytest.approx([1e-4, 5e-4, 1e-3, 1e-3, 1e-3])
+    plateau.rate.assign(5e-4)  # what decay on plateau does
+    assert float(plateau(50)) == pytest.approx(5e-4)
+    cosine = LearningRate("cosine", 1e-3, 1e-5, warmup_steps=10, total_steps=110)
+    expected = [1e-4, 1e-3, 1e-5 + (1e-3 - 1e-5) * 0.5, 1e-5, 1e-5]  # half-way down at step 60
+    assert [float(cosine(step)) for step in (0, 9, 60, 110, 500)] == pytest.approx(expected, rel=1e-4)
+    no_warmup = LearningRate("cosine", 1e-3, 1e-5, warmup_steps=0, total_steps=100)
+    assert float(no_warmup(0)) == pytest.approx(1e-3)
+    assert float(no_warmup(25)) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi / 4)), rel=1e-4)
+
+
+def test_cosine_schedule_reaches_the_floor_at_the_last_step_and_ignores_plateaus(toy_data, tmp_path):
+    values = toy_config(toy_data, **{"training.max_steps": 100, "training.validate_every": 20, "training.patience": 10,
+                                     "training.learning_rate": 1e-9, "training.lr_schedule": "cosine",
+                                     "training.warmup_steps": 10, "training.min_learning_rate": 1e-10})
+    model_dir = str(tmp_path / "model")
+    Trainer(config_from_dict(values), model_dir).train()
+    history = [json.loads(line) for line in open(os.path.join(model_dir, "validation.jsonl"))]
+    # The rate each validation saw follows the cosine (no plateau halving although BLEU never improves).
+    schedule = LearningRate("cosine", 1e-9, 1e-10, warmup_steps=10, total_steps=100)
+    assert [h["step"] for h in history] == [20, 40, 60, 80, 100]
+    assert [h["learning_rate"] for h in history] == pytest.approx([float(schedule(s)) for s in (20, 40, 60, 80, 100)],
+                                                                  rel=1e-4)
+    assert history[-1]["learning_rate"] == pytest.approx(1e-10, rel=1e-4)
 
 
 def test_checkpoint_averaging_keeps_the_average_only_if_it_scores_better(toy_data, tmp_path):
