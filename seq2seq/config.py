@@ -45,6 +45,10 @@ class ModelConfig:
     attention_units: typing.Optional[int] = None  # defaults to `units`
     input_feeding: bool = True  # feed the previous attentional vector into the decoder
     dropout: float = 0.3
+    # attention_input: on the embeddings, between stacked recurrent layers and on the attentional
+    # layer's input [h; context] (JoeyNMT's placement); all_outputs: on the embeddings, after every
+    # recurrent layer (the top ones too) and on the attentional vector before the output layer.
+    dropout_placement: str = "all_outputs"
     tie_embeddings: bool = False  # the output layer reuses the target embedding matrix
 
 
@@ -100,6 +104,7 @@ _CHOICES = {
     "tokenizer.model_type": ("unigram", "bpe", "word", "char"),
     "model.cell": ("gru", "lstm", "rnn"),
     "model.attention": ("bahdanau",),
+    "model.dropout_placement": ("attention_input", "all_outputs"),
     "training.distribution": ("none", "mirrored", "multi_worker"),
     "training.lr_schedule": ("plateau", "cosine"),
 }

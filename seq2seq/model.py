@@ -100,10 +100,12 @@ class BahdanauAttention(keras.layers.Layer):
 class Encoder(keras.layers.Layer):
     """Embedding, dropout, and a stack of (bidirectional) GRU/LSTM/RNN layers with dropout between."""
 
-    def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, bidirectional, dropout, **kwargs):
+    def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, bidirectional, dropout,
+                 dropout_placement="all_outputs", **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.bidirectional, self.dropout = num_layers, cell, bidirectional, dropout
+        self.dropout_placement = dropout_placement
         self.embedding = _embedding(vocab_size, embedding_dim, mask_zero=True)
         rnns = []
         for i in range(num_layers):
@@ -129,15 +131,18 @@ class Encoder(keras.layers.Layer):
         """
         mask = tf.not_equal(source, PAD_ID)
         x = self.dropouts[0](self.embedding(source), training=training)
-        for rnn, dropout in zip(self.rnns, self.dropouts[1:]):
-            x = dropout(rnn(x, mask=mask, training=training), training=training)
+        for i, (rnn, dropout) in enumerate(zip(self.rnns, self.dropouts[1:])):
+            x = rnn(x, mask=mask, training=training)
+            if i < self.num_layers - 1 or self.dropout_placement == "all_outputs":
+                x = dropout(x, training=training)
         x = x * tf.cast(mask, x.dtype)[:, :, None]
         return x, mask
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim,
                 "units": self.units, "num_layers": self.num_layers, "cell": self.cell,
-                "bidirectional": self.bidirectional, "dropout": self.dropout}
+                "bidirectional": self.bidirectional, "dropout": self.dropout,
+                "dropout_placement": self.dropout_placement}
 
 
 class TiedOutput(keras.layers.Layer):
@@ -178,16 +183,18 @@ class Decoder(keras.layers.Layer):
     """
 
     def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, attention_units, input_feeding,
-                 dropout, tie_embeddings=False, **kwargs):
+                 dropout, tie_embeddings=False, dropout_placement="all_outputs", **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.attention_units = num_layers, cell, attention_units
         self.input_feeding, self.dropout, self.tie_embeddings = input_feeding, dropout, tie_embeddings
+        self.dropout_placement = dropout_placement
         self.embedding = _embedding(vocab_size, embedding_dim)
         self.rnns = _track(self, "rnn", [_rnn_layer(cell, units, f"{cell}_{i}") for i in range(num_layers)])
         self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
         self.attention = BahdanauAttention(attention_units, name="attention")
         self.combine = keras.layers.Dense(units, activation="tanh", use_bias=False, name="combine")
+        self.attention_dropout = keras.layers.Dropout(dropout, name="attention_dropout")
         self.output_dropout = keras.layers.Dropout(dropout, name="output_dropout")
         self.output_projection = (TiedOutput(self.embedding, units, name="tied_output") if tie_embeddings else
                                   keras.layers.Dense(vocab_size, name="output_projection"))
@@ -204,14 +211,25 @@ class Decoder(keras.layers.Layer):
         self.output_projection.build((batch, None, self.units))
         self.built = True
 
-    def _attend(self, outputs, memory):
+    def _rnn_dropout(self, i, x, training):
+        """Dropout after recurrent layer ``i``: between layers, and after the top one if placed there."""
+        if i < self.num_layers - 1 or self.dropout_placement == "all_outputs":
+            x = self.dropouts[i + 1](x, training=training)
+        return x
+
+    def _attend(self, outputs, memory, training=False):
         """outputs: [batch, tgt_len, units] -> attentional vectors [batch, tgt_len, units], weights."""
         context, weights = self.attention(outputs, memory["keys"], memory["values"], memory["mask"])
-        return self.combine(tf.concat([outputs, context], axis=-1)), weights
+        combined = tf.concat([outputs, context], axis=-1)
+        if self.dropout_placement == "attention_input":
+            combined = self.attention_dropout(combined, training=training)
+        return self.combine(combined), weights
 
     def logits(self, attentional, training=False):
         """attentional: [..., units] -> float32 logits [..., vocab_size]."""
-        return self.output_projection(self.output_dropout(attentional, training=training))
+        if self.dropout_placement == "all_outputs":
+            attentional = self.output_dropout(attentional, training=training)
+        return self.output_projection(attentional)
 
     def step(self, token, state, memory, training=False):
         """One decoding step.
@@ -230,11 +248,11 @@ class Decoder(keras.layers.Layer):
         if self.input_feeding:
             x = tf.concat([x, state["feed"]], axis=-1)
         new_rnn_state = []
-        for rnn, dropout, layer_state in zip(self.rnns, self.dropouts[1:], state["rnn"]):
+        for i, (rnn, layer_state) in enumerate(zip(self.rnns, state["rnn"])):
             x, cell_state = rnn.cell(x, list(layer_state), training=training)
             new_rnn_state.append(list(cell_state))
-            x = dropout(x, training=training)
-        attentional, weights = self._attend(x[:, None, :], memory)
+            x = self._rnn_dropout(i, x, training)
+        attentional, weights = self._attend(x[:, None, :], memory, training)
         attentional, weights = attentional[:, 0], weights[:, 0]
         return attentional, {"rnn": new_rnn_state, "feed": attentional}, weights
 
@@ -252,10 +270,10 @@ class Decoder(keras.layers.Layer):
         if self.input_feeding:
             return self._call_stepwise(target_in, state, memory, training)
         x = self.dropouts[0](self.embedding(target_in), training=training)
-        for rnn, dropout, layer_state in zip(self.rnns, self.dropouts[1:], state["rnn"]):
+        for i, (rnn, layer_state) in enumerate(zip(self.rnns, state["rnn"])):
             x, *_ = rnn(x, initial_state=list(layer_state), training=training)
-            x = dropout(x, training=training)
-        return self._attend(x, memory)
+            x = self._rnn_dropout(i, x, training)
+        return self._attend(x, memory, training)
 
     def _call_stepwise(self, target_in, state, memory, training):
         steps = tf.shape(target_in)[1]
@@ -275,7 +293,8 @@ class Decoder(keras.layers.Layer):
         return {**super().get_config(), "vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim,
                 "units": self.units, "num_layers": self.num_layers, "cell": self.cell,
                 "attention_units": self.attention_units, "input_feeding": self.input_feeding,
-                "dropout": self.dropout, "tie_embeddings": self.tie_embeddings}
+                "dropout": self.dropout, "tie_embeddings": self.tie_embeddings,
+                "dropout_placement": self.dropout_placement}
 
 
 class Seq2Seq(keras.Model):
@@ -284,20 +303,20 @@ class Seq2Seq(keras.Model):
 
     def __init__(self, source_vocab_size, target_vocab_size, embedding_dim=256, units=256, encoder_layers=1,
                  decoder_layers=1, cell="gru", bidirectional=True, attention_units=None, input_feeding=True,
-                 dropout=0.3, tie_embeddings=False, **kwargs):
+                 dropout=0.3, tie_embeddings=False, dropout_placement="all_outputs", **kwargs):
         super().__init__(**kwargs)
         self.settings = dict(
             source_vocab_size=source_vocab_size, target_vocab_size=target_vocab_size,
             embedding_dim=embedding_dim, units=units, encoder_layers=encoder_layers,
             decoder_layers=decoder_layers, cell=cell, bidirectional=bidirectional,
             attention_units=attention_units, input_feeding=input_feeding, dropout=dropout,
-            tie_embeddings=tie_embeddings)
+            tie_embeddings=tie_embeddings, dropout_placement=dropout_placement)
         self.cell_type, self.units, self.decoder_layers = cell, units, decoder_layers
         self.encoder = Encoder(source_vocab_size, embedding_dim, units, encoder_layers, cell, bidirectional,
-                               dropout, name="encoder")
+                               dropout, dropout_placement, name="encoder")
         self.decoder = Decoder(target_vocab_size, embedding_dim, units, decoder_layers, cell,
                                attention_units or units, input_feeding, dropout, tie_embeddings,
-                               name="decoder")
+                               dropout_placement, name="decoder")
         # Bridge (Nematus): each decoder layer's initial h = tanh(W · mean of the encoder outputs).
         self.bridge = keras.layers.Dense(units * decoder_layers, activation="tanh", name="bridge")
 
@@ -308,7 +327,8 @@ class Seq2Seq(keras.Model):
         model = cls(source_vocab_size, target_vocab_size, embedding_dim=c.embedding_dim, units=c.units,
                     encoder_layers=c.encoder_layers, decoder_layers=c.decoder_layers, cell=c.cell,
                     bidirectional=c.bidirectional, attention_units=c.attention_units,
-                    input_feeding=c.input_feeding, dropout=c.dropout, tie_embeddings=c.tie_embeddings)
+                    input_feeding=c.input_feeding, dropout=c.dropout, tie_embeddings=c.tie_embeddings,
+                    dropout_placement=c.dropout_placement)
         model.build_weights()
         return model
 

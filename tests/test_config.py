@@ -47,6 +47,9 @@ def test_unknown_set_key_is_rejected():
     ({"training": {"average_checkpoints": -1}}, "training.average_checkpoints"),
     ({"model": {"tie_embeddings": "yes"}}, "model.tie_embeddings"),
     ({"translate": {"max_input_length": 1}}, "translate.max_input_length"),
+    ({"model": {"dropout_placement": "everywhere"}}, "model.dropout_placement"),
+    ({"training": {"lr_schedule": "linear"}}, "training.lr_schedule"),
+    ({"training": {"warmup_steps": -1}}, "training.warmup_steps"),
 ])
 def test_wrong_types_and_impossible_values_name_the_key(values, path):
     with pytest.raises(ConfigError, match=path.replace(".", r"\.")):

@@ -9,11 +9,12 @@ SOURCE = np.array([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]], np.int32)
 TARGET_IN = np.array([[2, 11, 12, 13], [2, 14, 15, 0]], np.int32)
 
 
-def _model(cell="gru", input_feeding=True, bidirectional=True, layers=2, seed=0, tie_embeddings=False):
+def _model(cell="gru", input_feeding=True, bidirectional=True, layers=2, seed=0, tie_embeddings=False,
+           dropout=0.2, dropout_placement="all_outputs"):
     keras.utils.set_random_seed(seed)
     model = Seq2Seq(40, 50, embedding_dim=8, units=16, encoder_layers=layers, decoder_layers=layers, cell=cell,
-                    bidirectional=bidirectional, attention_units=12, input_feeding=input_feeding, dropout=0.2,
-                    tie_embeddings=tie_embeddings)
+                    bidirectional=bidirectional, attention_units=12, input_feeding=input_feeding, dropout=dropout,
+                    tie_embeddings=tie_embeddings, dropout_placement=dropout_placement)
     model.build_weights()
     return model
 
@@ -87,6 +88,31 @@ def test_dropout_only_in_training():
     c = model((SOURCE, TARGET_IN), training=True).numpy()
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_dropout_placement(layers):
+    """all_outputs drops units of the top recurrent outputs (exact zeros in the encoder's memory) and
+    of the attentional vector before the output layer; attention_input does neither and drops the
+    attentional layer's input instead. Without training both are the same function of the weights."""
+    source = np.random.default_rng(0).integers(4, 40, (16, 30)).astype(np.int32)
+    zeros = {}
+    for placement in ("all_outputs", "attention_input"):
+        model = _model(layers=layers, dropout=0.5, dropout_placement=placement)
+        values, _ = model.encoder(source, training=True)
+        zeros[placement] = float(np.mean(values.numpy() == 0))
+        attentional = tf.random.normal([4, 16])
+        first, second = (model.decoder.logits(attentional, training=True).numpy() for _ in range(2))
+        assert np.array_equal(first, second) == (placement == "attention_input")
+        memory, _ = model.encode(source[:4])
+        outputs = tf.random.normal([4, 3, 16])
+        first, second = (model.decoder._attend(outputs, memory, training=True)[0].numpy() for _ in range(2))
+        assert np.array_equal(first, second) == (placement == "all_outputs")
+    assert zeros["all_outputs"] == pytest.approx(0.5, abs=0.05)
+    assert zeros["attention_input"] == 0
+    inference = [_model(dropout_placement=p)((SOURCE, TARGET_IN), training=False).numpy()
+                 for p in ("all_outputs", "attention_input")]
+    np.testing.assert_allclose(inference[0], inference[1], atol=1e-6)
 
 
 def test_layers_serialize_with_get_config():
