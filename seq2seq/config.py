@@ -76,6 +76,7 @@ class TrainingConfig:
     seed: int = 1234
     distribution: str = "none"  # none (one device) | mirrored (all local GPUs) | multi_worker (TF_CONFIG cluster)
     mixed_precision: bool = False  # Keras mixed_float16 with loss scaling (for GPUs)
+    bfloat16: bool = False  # Keras mixed_bfloat16 (CPUs with AVX-512 BF16 or AMX, recent GPUs); no loss scaling
 
 
 @dataclass
@@ -180,6 +181,8 @@ def _validate(config):
     require(tr.max_steps is None or tr.max_steps > 0, "training.max_steps", "must be positive or null")
     require(tr.learning_rate > 0, "training.learning_rate", "must be positive")
     require(tr.warmup_steps >= 0, "training.warmup_steps", "must be non-negative (0: no warm-up)")
+    require(not (tr.bfloat16 and tr.mixed_precision), "training.bfloat16",
+            "cannot be combined with training.mixed_precision (float16); choose one")
     require(0 < tr.lr_decay_factor <= 1, "training.lr_decay_factor", "must be in (0, 1] (1: no decay)")
     require(tr.lr_decay_patience > 0, "training.lr_decay_patience", "must be positive")
     require(tr.min_learning_rate > 0, "training.min_learning_rate", "must be positive")

@@ -209,8 +209,11 @@ class Trainer:
 
     def _build(self, total_steps):
         cfg = self.config
-        # mixed_float16: float16 compute, float32 variables; logits, softmax and loss stay float32.
-        keras.mixed_precision.set_global_policy("mixed_float16" if cfg.training.mixed_precision else "float32")
+        # Mixed precision: float16 or bfloat16 compute, float32 variables; logits, softmax and loss
+        # stay float32. Only float16 needs loss scaling (bfloat16 has float32's exponent range).
+        keras.mixed_precision.set_global_policy(
+            "mixed_float16" if cfg.training.mixed_precision else "mixed_bfloat16" if cfg.training.bfloat16 else
+            "float32")
         with self.strategy.scope():
             self._build_in_scope(total_steps)
 
@@ -455,10 +458,10 @@ class Trainer:
         log.info("training data: %s; %d batches an epoch", stats.describe(), batches_per_epoch)
         log.info("model: %s, %s parameters; training to step %d", cfg.model.__dict__,
                  f"{self.model.count_params():,}", total_steps)
-        if self.strategy.num_replicas_in_sync > 1 or tcfg.mixed_precision:
+        if self.strategy.num_replicas_in_sync > 1 or tcfg.mixed_precision or tcfg.bfloat16:
             log.info("%d replicas (training.distribution=%s), each batch of %d tokens split between them; "
-                     "mixed precision %s", self.strategy.num_replicas_in_sync, tcfg.distribution, tcfg.batch_tokens,
-                     "on" if tcfg.mixed_precision else "off")
+                     "compute in %s", self.strategy.num_replicas_in_sync, tcfg.distribution, tcfg.batch_tokens,
+                     keras.mixed_precision.global_policy().compute_dtype)
 
         previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -50,6 +50,7 @@ def test_unknown_set_key_is_rejected():
     ({"model": {"dropout_placement": "everywhere"}}, "model.dropout_placement"),
     ({"training": {"lr_schedule": "linear"}}, "training.lr_schedule"),
     ({"training": {"warmup_steps": -1}}, "training.warmup_steps"),
+    ({"training": {"bfloat16": True, "mixed_precision": True}}, "training.bfloat16"),
 ])
 def test_wrong_types_and_impossible_values_name_the_key(values, path):
     with pytest.raises(ConfigError, match=path.replace(".", r"\.")):

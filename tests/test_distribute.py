@@ -139,3 +139,22 @@ def test_mixed_precision_trains_with_loss_scaling_and_resumes(toy_data, tmp_path
     _, _, model = load_model(model_dir)
     assert model.encoder.embedding.compute_dtype == "float32"
     assert tf.reduce_all(tf.math.is_finite(model((tf.constant([[4, 3]]), tf.constant([[2, 4]])))))
+
+
+def test_bfloat16_trains_the_toy_task_and_translates_in_float32(toy_data, trained_toy, tmp_path):
+    import keras
+
+    from seq2seq.config import config_from_dict
+    from seq2seq.training import Trainer
+
+    model_dir = str(tmp_path / "model")
+    try:
+        trainer = Trainer(config_from_dict(toy_config(toy_data, **{"training.bfloat16": True})), model_dir)
+        trainer.train()
+        assert trainer.model.decoder.combine.compute_dtype == "bfloat16"
+        assert trainer.model.decoder.combine.kernel.dtype == "float32"
+        assert trainer.loss_scale is None
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    single, bfloat16 = _exact_match(trained_toy, toy_data), _exact_match(model_dir, toy_data)
+    assert bfloat16 >= 0.9 and abs(bfloat16 - single) <= 0.05, (single, bfloat16)
