@@ -59,7 +59,8 @@ class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, schedule, rate, min_rate, warmup_steps, total_steps):
-        self.schedule, self.min_rate, self.warmup_steps, self.total_steps = schedule, min_rate, warmup_steps, total_steps
+        self.schedule, self.min_rate = schedule, min_rate
+        self.warmup_steps, self.total_steps = warmup_steps, total_steps
         self.rate = tf.Variable(rate, dtype=tf.float32, trainable=False, name="learning_rate")
         self.cosine = keras.optimizers.schedules.CosineDecay(
             1.0, max(1, total_steps - warmup_steps), alpha=min(1.0, min_rate / rate))
@@ -236,8 +237,8 @@ class Trainer:
         self.last_validated = tf.Variable(-1, dtype=tf.int64, trainable=False, name="last_validated")
         self.averaged_at = tf.Variable(-1, dtype=tf.int64, trainable=False, name="averaged_at")
         state = dict(model=self.model, optimizer=self.optimizer, learning_rate=self.learning_rate.rate,
-                     epoch=self.epoch, best_bleu=self.best_bleu, bad_validations=self.bad_validations, last_validated=self.last_validated,
-                     averaged_at=self.averaged_at)
+                     epoch=self.epoch, best_bleu=self.best_bleu, bad_validations=self.bad_validations,
+                     last_validated=self.last_validated, averaged_at=self.averaged_at)
         if self.loss_scale is not None:
             state["loss_scale"] = self.loss_scale
         checkpoint = tf.train.Checkpoint(**state)
