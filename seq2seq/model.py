@@ -101,7 +101,7 @@ class Encoder(keras.layers.Layer):
     """Embedding, dropout, and a stack of (bidirectional) GRU/LSTM/RNN layers with dropout between."""
 
     def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, bidirectional, dropout,
-                 dropout_placement="all_outputs", **kwargs):
+                 dropout_placement="attention_input", **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.bidirectional, self.dropout = num_layers, cell, bidirectional, dropout
@@ -183,7 +183,7 @@ class Decoder(keras.layers.Layer):
     """
 
     def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, attention_units, input_feeding,
-                 dropout, tie_embeddings=False, dropout_placement="all_outputs", **kwargs):
+                 dropout, tie_embeddings=False, dropout_placement="attention_input", **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.attention_units = num_layers, cell, attention_units
@@ -303,7 +303,7 @@ class Seq2Seq(keras.Model):
 
     def __init__(self, source_vocab_size, target_vocab_size, embedding_dim=256, units=256, encoder_layers=1,
                  decoder_layers=1, cell="gru", bidirectional=True, attention_units=None, input_feeding=True,
-                 dropout=0.3, tie_embeddings=False, dropout_placement="all_outputs", **kwargs):
+                 dropout=0.3, tie_embeddings=False, dropout_placement="attention_input", **kwargs):
         super().__init__(**kwargs)
         self.settings = dict(
             source_vocab_size=source_vocab_size, target_vocab_size=target_vocab_size,

@@ -10,7 +10,7 @@ TARGET_IN = np.array([[2, 11, 12, 13], [2, 14, 15, 0]], np.int32)
 
 
 def _model(cell="gru", input_feeding=True, bidirectional=True, layers=2, seed=0, tie_embeddings=False,
-           dropout=0.2, dropout_placement="all_outputs"):
+           dropout=0.2, dropout_placement="attention_input"):
     keras.utils.set_random_seed(seed)
     model = Seq2Seq(40, 50, embedding_dim=8, units=16, encoder_layers=layers, decoder_layers=layers, cell=cell,
                     bidirectional=bidirectional, attention_units=12, input_feeding=input_feeding, dropout=dropout,
