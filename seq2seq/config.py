@@ -50,6 +50,8 @@ class ModelConfig:
     # recurrent layer (the top ones too) and on the attentional vector before the output layer
     # (the placement before 2026-11-22; 0.8-1.3 BLEU lower on Multi30k, docs/benchmarks.md).
     dropout_placement: str = "attention_input"
+    embedding_stddev: float = 1.0  # embeddings start N(0, stddev²)
+    bridge: str = "mean"  # the decoder's initial state from the encoder outputs' mean | last states
     tie_embeddings: bool = False  # the output layer reuses the target embedding matrix
 
 
@@ -107,6 +109,7 @@ _CHOICES = {
     "model.cell": ("gru", "lstm", "rnn"),
     "model.attention": ("bahdanau",),
     "model.dropout_placement": ("attention_input", "all_outputs"),
+    "model.bridge": ("mean", "last"),
     "training.distribution": ("none", "mirrored", "multi_worker"),
     "training.lr_schedule": ("plateau", "cosine"),
 }
@@ -176,6 +179,7 @@ def _validate(config):
         require(getattr(m, key) > 0, f"model.{key}", "must be positive")
     require(m.attention_units is None or m.attention_units > 0, "model.attention_units", "must be positive")
     require(0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)")
+    require(m.embedding_stddev > 0, "model.embedding_stddev", "must be positive")
     for key in ("batch_tokens", "max_length", "epochs", "validate_every", "patience", "validation_beam_size",
                 "keep_checkpoints", "shuffle_buffer", "log_every"):
         require(getattr(tr, key) > 0, f"training.{key}", "must be positive")

@@ -29,12 +29,12 @@ def _rnn_layer(cell, units, name):
     return _RNN_LAYERS[cell](units, return_sequences=True, return_state=True, name=name)
 
 
-def _embedding(vocab_size, embedding_dim, mask_zero=False):
-    """An embedding initialized N(0, 1): Keras's default (uniform ±0.05) feeds the recurrent layers
-    so weak a signal that training stalls near a unigram model for hundreds of steps on Multi30k
-    (training loss 4.75 vs 3.34 after 200 steps)."""
+def _embedding(vocab_size, embedding_dim, mask_zero=False, stddev=1.0):
+    """An embedding initialized N(0, stddev²). The default N(0, 1): Keras's default (uniform ±0.05)
+    feeds the recurrent layers so weak a signal that training stalls near a unigram model for
+    hundreds of steps on Multi30k (training loss 4.75 vs 3.34 after 200 steps)."""
     return keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=mask_zero, name="embedding",
-                                  embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0))
+                                  embeddings_initializer=keras.initializers.RandomNormal(stddev=stddev))
 
 
 def _track(layer, name, sublayers):
@@ -101,12 +101,12 @@ class Encoder(keras.layers.Layer):
     """Embedding, dropout, and a stack of (bidirectional) GRU/LSTM/RNN layers with dropout between."""
 
     def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, bidirectional, dropout,
-                 dropout_placement="attention_input", **kwargs):
+                 dropout_placement="attention_input", embedding_stddev=1.0, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.bidirectional, self.dropout = num_layers, cell, bidirectional, dropout
-        self.dropout_placement = dropout_placement
-        self.embedding = _embedding(vocab_size, embedding_dim, mask_zero=True)
+        self.dropout_placement, self.embedding_stddev = dropout_placement, embedding_stddev
+        self.embedding = _embedding(vocab_size, embedding_dim, mask_zero=True, stddev=embedding_stddev)
         rnns = []
         for i in range(num_layers):
             layer = _RNN_LAYERS[cell](units, return_sequences=True, name=f"{cell}_{i}")
@@ -142,7 +142,7 @@ class Encoder(keras.layers.Layer):
         return {**super().get_config(), "vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim,
                 "units": self.units, "num_layers": self.num_layers, "cell": self.cell,
                 "bidirectional": self.bidirectional, "dropout": self.dropout,
-                "dropout_placement": self.dropout_placement}
+                "dropout_placement": self.dropout_placement, "embedding_stddev": self.embedding_stddev}
 
 
 class TiedOutput(keras.layers.Layer):
@@ -183,13 +183,14 @@ class Decoder(keras.layers.Layer):
     """
 
     def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, attention_units, input_feeding,
-                 dropout, tie_embeddings=False, dropout_placement="attention_input", **kwargs):
+                 dropout, tie_embeddings=False, dropout_placement="attention_input", embedding_stddev=1.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.attention_units = num_layers, cell, attention_units
         self.input_feeding, self.dropout, self.tie_embeddings = input_feeding, dropout, tie_embeddings
-        self.dropout_placement = dropout_placement
-        self.embedding = _embedding(vocab_size, embedding_dim)
+        self.dropout_placement, self.embedding_stddev = dropout_placement, embedding_stddev
+        self.embedding = _embedding(vocab_size, embedding_dim, stddev=embedding_stddev)
         self.rnns = _track(self, "rnn", [_rnn_layer(cell, units, f"{cell}_{i}") for i in range(num_layers)])
         self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
         self.attention = BahdanauAttention(attention_units, name="attention")
@@ -294,7 +295,7 @@ class Decoder(keras.layers.Layer):
                 "units": self.units, "num_layers": self.num_layers, "cell": self.cell,
                 "attention_units": self.attention_units, "input_feeding": self.input_feeding,
                 "dropout": self.dropout, "tie_embeddings": self.tie_embeddings,
-                "dropout_placement": self.dropout_placement}
+                "dropout_placement": self.dropout_placement, "embedding_stddev": self.embedding_stddev}
 
 
 class Seq2Seq(keras.Model):
@@ -303,21 +304,25 @@ class Seq2Seq(keras.Model):
 
     def __init__(self, source_vocab_size, target_vocab_size, embedding_dim=256, units=256, encoder_layers=1,
                  decoder_layers=1, cell="gru", bidirectional=True, attention_units=None, input_feeding=True,
-                 dropout=0.3, tie_embeddings=False, dropout_placement="attention_input", **kwargs):
+                 dropout=0.3, tie_embeddings=False, dropout_placement="attention_input", embedding_stddev=1.0,
+                 bridge="mean", **kwargs):
         super().__init__(**kwargs)
         self.settings = dict(
             source_vocab_size=source_vocab_size, target_vocab_size=target_vocab_size,
             embedding_dim=embedding_dim, units=units, encoder_layers=encoder_layers,
             decoder_layers=decoder_layers, cell=cell, bidirectional=bidirectional,
             attention_units=attention_units, input_feeding=input_feeding, dropout=dropout,
-            tie_embeddings=tie_embeddings, dropout_placement=dropout_placement)
+            tie_embeddings=tie_embeddings, dropout_placement=dropout_placement, embedding_stddev=embedding_stddev,
+            bridge=bridge)
         self.cell_type, self.units, self.decoder_layers = cell, units, decoder_layers
+        self.bidirectional, self.bridge_from = bidirectional, bridge
         self.encoder = Encoder(source_vocab_size, embedding_dim, units, encoder_layers, cell, bidirectional,
-                               dropout, dropout_placement, name="encoder")
+                               dropout, dropout_placement, embedding_stddev, name="encoder")
         self.decoder = Decoder(target_vocab_size, embedding_dim, units, decoder_layers, cell,
                                attention_units or units, input_feeding, dropout, tie_embeddings,
-                               dropout_placement, name="decoder")
-        # Bridge (Nematus): each decoder layer's initial h = tanh(W · mean of the encoder outputs).
+                               dropout_placement, embedding_stddev, name="decoder")
+        # Bridge: each decoder layer's initial h = tanh(W · s), s the mean of the encoder outputs
+        # (Nematus) or its last states, forward and backward (JoeyNMT).
         self.bridge = keras.layers.Dense(units * decoder_layers, activation="tanh", name="bridge")
 
     @classmethod
@@ -328,7 +333,7 @@ class Seq2Seq(keras.Model):
                     encoder_layers=c.encoder_layers, decoder_layers=c.decoder_layers, cell=c.cell,
                     bidirectional=c.bidirectional, attention_units=c.attention_units,
                     input_feeding=c.input_feeding, dropout=c.dropout, tie_embeddings=c.tie_embeddings,
-                    dropout_placement=c.dropout_placement)
+                    dropout_placement=c.dropout_placement, embedding_stddev=c.embedding_stddev, bridge=c.bridge)
         model.build_weights()
         return model
 
@@ -356,10 +361,18 @@ class Seq2Seq(keras.Model):
         return memory, self.initial_state(memory)
 
     def initial_state(self, memory):
-        """The decoder state before the first step, from the masked mean of the encoder outputs."""
-        mask = tf.cast(memory["mask"], memory["values"].dtype)[:, :, None]
-        mean = tf.reduce_sum(memory["values"] * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
-        hidden = tf.split(self.bridge(mean), self.decoder_layers, axis=-1)
+        """The decoder state before the first step, from the encoder outputs: their masked mean, or
+        their last states (the forward direction's at the last source token, the backward
+        direction's at the first)."""
+        values = memory["values"]
+        mask = tf.cast(memory["mask"], values.dtype)[:, :, None]
+        if self.bridge_from == "last":
+            lengths = tf.reduce_sum(tf.cast(memory["mask"], tf.int32), axis=1)
+            last = tf.gather(values, tf.maximum(lengths - 1, 0), batch_dims=1)  # [batch, value_dim]
+            summary = tf.concat([last[:, : self.units], values[:, 0, self.units:]], -1) if self.bidirectional else last
+        else:
+            summary = tf.reduce_sum(values * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+        hidden = tf.split(self.bridge(summary), self.decoder_layers, axis=-1)
         zeros = tf.zeros_like(hidden[0])
         rnn = [[h, zeros] if self.cell_type == "lstm" else [h] for h in hidden]
         return {"rnn": rnn, "feed": zeros}

@@ -48,6 +48,8 @@ def test_unknown_set_key_is_rejected():
     ({"model": {"tie_embeddings": "yes"}}, "model.tie_embeddings"),
     ({"translate": {"max_input_length": 1}}, "translate.max_input_length"),
     ({"model": {"dropout_placement": "everywhere"}}, "model.dropout_placement"),
+    ({"model": {"bridge": "first"}}, "model.bridge"),
+    ({"model": {"embedding_stddev": 0}}, "model.embedding_stddev"),
     ({"training": {"lr_schedule": "linear"}}, "training.lr_schedule"),
     ({"training": {"warmup_steps": -1}}, "training.warmup_steps"),
     ({"training": {"bfloat16": True, "mixed_precision": True}}, "training.bfloat16"),

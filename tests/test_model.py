@@ -10,11 +10,11 @@ TARGET_IN = np.array([[2, 11, 12, 13], [2, 14, 15, 0]], np.int32)
 
 
 def _model(cell="gru", input_feeding=True, bidirectional=True, layers=2, seed=0, tie_embeddings=False,
-           dropout=0.2, dropout_placement="attention_input"):
+           dropout=0.2, dropout_placement="attention_input", **kwargs):
     keras.utils.set_random_seed(seed)
     model = Seq2Seq(40, 50, embedding_dim=8, units=16, encoder_layers=layers, decoder_layers=layers, cell=cell,
                     bidirectional=bidirectional, attention_units=12, input_feeding=input_feeding, dropout=dropout,
-                    tie_embeddings=tie_embeddings, dropout_placement=dropout_placement)
+                    tie_embeddings=tie_embeddings, dropout_placement=dropout_placement, **kwargs)
     model.build_weights()
     return model
 
@@ -113,6 +113,28 @@ def test_dropout_placement(layers):
     inference = [_model(dropout_placement=p)((SOURCE, TARGET_IN), training=False).numpy()
                  for p in ("all_outputs", "attention_input")]
     np.testing.assert_allclose(inference[0], inference[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_bridge_from_the_last_states(bidirectional):
+    model = _model(bidirectional=bidirectional, bridge="last")
+    memory, state = model.encode(tf.constant(SOURCE))
+    values = memory["values"].numpy()
+    for row, length in ((0, 5), (1, 3)):
+        summary = (np.concatenate([values[row, length - 1, :16], values[row, 0, 16:]]) if bidirectional
+                   else values[row, length - 1])
+        expected = np.tanh(summary @ model.bridge.kernel.numpy() + model.bridge.bias.numpy())
+        np.testing.assert_allclose(tf.concat([h[0] for h in state["rnn"]], -1)[row], expected, atol=1e-5)
+    # Padding does not change it.
+    _, alone = model.encode(tf.constant(SOURCE[1:, :3]))
+    np.testing.assert_allclose(alone["rnn"][0][0][0], state["rnn"][0][0][1], atol=1e-5)
+
+
+def test_embedding_initial_scale():
+    model = Seq2Seq(400, 500, embedding_dim=64, units=16, embedding_stddev=0.1)
+    model.build_weights()
+    for embedding in (model.encoder.embedding, model.decoder.embedding):
+        assert np.std(embedding.embeddings.numpy()) == pytest.approx(0.1, rel=0.05)
 
 
 def test_layers_serialize_with_get_config():
