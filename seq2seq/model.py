@@ -37,6 +37,12 @@ def _embedding(vocab_size, embedding_dim, mask_zero=False, stddev=1.0):
                                   embeddings_initializer=keras.initializers.RandomNormal(stddev=stddev))
 
 
+def _drops_after(layer_index, num_layers, placement):
+    """Whether dropout follows recurrent layer ``layer_index`` of ``num_layers``: always between
+    stacked layers, after the top one only with the ``all_outputs`` placement."""
+    return layer_index < num_layers - 1 or placement == "all_outputs"
+
+
 def _track(layer, name, sublayers):
     """Sets ``sublayers`` as attributes ``name_0, name_1, ...`` of ``layer`` and returns them as a list.
 
@@ -133,7 +139,7 @@ class Encoder(keras.layers.Layer):
         x = self.dropouts[0](self.embedding(source), training=training)
         for i, (rnn, dropout) in enumerate(zip(self.rnns, self.dropouts[1:])):
             x = rnn(x, mask=mask, training=training)
-            if i < self.num_layers - 1 or self.dropout_placement == "all_outputs":
+            if _drops_after(i, self.num_layers, self.dropout_placement):
                 x = dropout(x, training=training)
         x = x * tf.cast(mask, x.dtype)[:, :, None]
         return x, mask
@@ -213,8 +219,8 @@ class Decoder(keras.layers.Layer):
         self.built = True
 
     def _rnn_dropout(self, i, x, training):
-        """Dropout after recurrent layer ``i``: between layers, and after the top one if placed there."""
-        if i < self.num_layers - 1 or self.dropout_placement == "all_outputs":
+        """Dropout after recurrent layer ``i``, where ``model.dropout_placement`` puts it."""
+        if _drops_after(i, self.num_layers, self.dropout_placement):
             x = self.dropouts[i + 1](x, training=training)
         return x
 
