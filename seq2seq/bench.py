@@ -2,6 +2,7 @@
 
     python -m seq2seq.bench [--quick] [--output bench.json] [--model DIR] [--repeats N]
     python -m seq2seq.bench --quality [--output quality.json]
+    python -m seq2seq.bench --profile [--quick] [--output profile.json]
 
 Speed (the default) measures, each in its own process (so that its peak memory is its own):
 
@@ -21,9 +22,13 @@ instead the model its short training run leaves, and runs everything once.
 Quality (``--quality``) trains each shipped config if its model directory has no finished
 run (``train.py`` resumes, so a finished run costs nothing), translates test_2016_flickr with
 the config's beam size and prints BLEU and chrF with sacreBLEU's signatures.
+
+Profile (``--profile``) times the parts of the reference config's training step (see
+``seq2seq/profiling.py``).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -50,6 +55,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m seq2seq.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a run of under 5 minutes, each figure measured once")
     parser.add_argument("--quality", action="store_true", help="BLEU and chrF of the shipped configs instead")
+    parser.add_argument("--profile", action="store_true", help="where a training step's time goes instead")
     parser.add_argument("--output", help="write the figures to this JSON file")
     parser.add_argument("--model", default="runs/bench_gru256",
                         help="trained de→en model for the translation figures (default runs/bench_gru256)")
@@ -295,6 +301,15 @@ def main(argv=None):
 
     if args.quality:
         results = quality(log)
+    elif args.profile:
+        from seq2seq.profiling import print_profile, profile_step
+        from seq2seq.runtime import import_tensorflow
+
+        import_tensorflow()
+        with contextlib.chdir(ROOT), tempfile.TemporaryDirectory(prefix="seq2seq-profile-") as work:
+            results = profile_step(work, REFERENCE_CONFIG, num_batches=20 if args.quick else 60,
+                                   repeats=1 if args.quick else 3, log=log)
+        print_profile(results)
     else:
         from seq2seq.runtime import import_tensorflow
 

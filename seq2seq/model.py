@@ -390,18 +390,26 @@ class Seq2Seq(keras.Model):
         logits = tf.cast(self.decoder.logits(attentional), tf.float32)
         return tf.nn.log_softmax(logits, axis=-1), state, weights
 
-    def call(self, inputs, training=False):
-        """Teacher-forced logits.
+    def attentional(self, inputs, training=False):
+        """Teacher-forced decoding up to the output layer.
 
         Args:
           inputs: ``(source, target_in)``: int32 [batch, src_len] and int32 [batch, tgt_len].
         Returns:
-          float32 logits [batch, tgt_len, target_vocab_size].
+          float attentional vectors [batch, tgt_len, units], the input of ``output_logits``.
         """
         source, target_in = inputs
         memory, state = self.encode(source, training=training)
-        attentional, _ = self.decoder(target_in, state, memory, training=training)
+        return self.decoder(target_in, state, memory, training=training)[0]
+
+    def output_logits(self, attentional, training=False):
+        """attentional: [..., units] -> float32 logits [..., target_vocab_size]."""
         return tf.cast(self.decoder.logits(attentional, training=training), tf.float32)
+
+    def call(self, inputs, training=False):
+        """Teacher-forced logits: ``inputs`` as in ``attentional`` -> float32 logits [batch,
+        tgt_len, target_vocab_size]."""
+        return self.output_logits(self.attentional(inputs, training=training), training=training)
 
     def get_config(self):
         return {**super().get_config(), **self.settings}

@@ -33,22 +33,45 @@ from seq2seq.translate import Translator, score
 log = logging.getLogger("seq2seq")
 
 
-def masked_cross_entropy(target, logits, label_smoothing=0.0):
-    """Summed token cross-entropy over non-padding positions.
+def cross_entropy(labels, logits, label_smoothing=0.0):
+    """Per-token cross-entropy against the target distribution (1 - ε) one-hot + ε uniform.
+
+    Computed without the one-hot [..., vocab] tensor: (1 - ε)(lse(z) - z_y) + ε(lse(z) - mean(z))
+    = (lse(z) - z_y) + ε(z_y - mean(z)), the first term TensorFlow's fused sparse softmax
+    cross-entropy (one pass for the loss and its gradient).
 
     Args:
-      target: int32 [batch, tgt_len], padded with PAD_ID.
-      logits: float32 [batch, tgt_len, vocab].
-      label_smoothing: ε; the target distribution is (1 - ε) one-hot + ε uniform.
+      labels: int32 [...].
+      logits: float32 [..., vocab].
+      label_smoothing: ε.
+    Returns:
+      float32 [...].
+    """
+    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    if label_smoothing:
+        picked = tf.gather(logits, labels, batch_dims=labels.shape.rank)
+        loss += label_smoothing * (picked - tf.reduce_mean(logits, axis=-1))
+    return loss
+
+
+def sequence_loss(model, source, target, training=False, label_smoothing=0.0):
+    """The teacher-forced cross-entropy of a batch, summed over real target tokens. The output
+    layer and the softmax run on those tokens only, not on padding (the output layer is the
+    largest part of a training step).
+
+    Args:
+      model: a ``Seq2Seq``.
+      source, target: int32 [batch, len] batches padded with PAD_ID.
+      label_smoothing: ε (see ``cross_entropy``).
     Returns:
       loss_sum: float32 scalar, the loss summed over real target tokens.
       tokens: float32 scalar, the number of real target tokens.
     """
-    loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing,
-                                                   reduction=None)
-    per_token = loss_fn(tf.one_hot(target, tf.shape(logits)[-1]), logits)  # [batch, tgt_len]
-    mask = tf.cast(tf.not_equal(target, PAD_ID), tf.float32)
-    return tf.reduce_sum(per_token * mask), tf.reduce_sum(mask)
+    attentional = model.attentional((source, decoder_inputs(target)), training=training)
+    real = tf.not_equal(target, PAD_ID)
+    logits = model.output_logits(tf.boolean_mask(attentional, real), training=training)  # [tokens, vocab]
+    loss = cross_entropy(tf.boolean_mask(target, real), logits, label_smoothing)
+    return tf.reduce_sum(loss), tf.cast(tf.size(loss), tf.float32)
 
 
 class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
@@ -284,8 +307,7 @@ class Trainer:
         context = tf.distribute.get_replica_context()
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            logits = self.model((source, decoder_inputs(target)), training=True)
-            loss_sum, tokens = masked_cross_entropy(target, logits, self.loss_smoothing)
+            loss_sum, tokens = sequence_loss(self.model, source, target, True, self.loss_smoothing)
             global_tokens = context.all_reduce(tf.distribute.ReduceOp.SUM, tokens)
             loss = loss_sum / tf.maximum(global_tokens, 1.0)
             if self.loss_scale is not None:
@@ -308,8 +330,7 @@ class Trainer:
         return loss_sum / tf.maximum(tokens, 1.0), tokens
 
     def _eval_step(self, source, target):
-        logits = self.model((source, decoder_inputs(target)), training=False)
-        return masked_cross_entropy(target, logits)
+        return sequence_loss(self.model, source, target)
 
     # -- validation ----------------------------------------------------------------------------
 

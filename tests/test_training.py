@@ -2,32 +2,48 @@ import json
 import math
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import toy, toy_config
-from seq2seq.config import config_from_dict
+from conftest import toy, toy_config, write_yaml
+from seq2seq.config import config_from_dict, load_config
+from seq2seq.dataset import decoder_inputs
+from seq2seq.model import Seq2Seq
 from seq2seq.model_dir import load_model
-from seq2seq.training import LearningRate, Trainer, masked_cross_entropy
+from seq2seq.profiling import _cuts, profile_step
+from seq2seq.training import LearningRate, Trainer, cross_entropy, sequence_loss
 from seq2seq.translate import Translator
 
 
-def test_loss_ignores_padding():
-    logits = tf.random.normal([2, 4, 7])
+def test_loss_skips_padding_and_matches_keras_smoothed_cross_entropy():
+    model = Seq2Seq(12, 9, embedding_dim=8, units=8)
+    model.build_weights()
+    source = tf.constant([[4, 5, 6, 3], [7, 3, 0, 0]])
     target = tf.constant([[4, 5, 3, 0], [6, 3, 0, 0]])
-    loss, tokens = masked_cross_entropy(target, logits, label_smoothing=0.1)
+    loss, tokens = sequence_loss(model, source, target, label_smoothing=0.1)
     assert tokens.numpy() == 5
-    changed = tf.concat([logits[:, :2], tf.random.normal([2, 2, 7]) * 10], axis=1)
-    changed = tf.where(tf.constant([[True] * 3 + [False], [True] * 2 + [False] * 2])[:, :, None], logits, changed)
-    np.testing.assert_allclose(masked_cross_entropy(target, changed, 0.1)[0], loss, rtol=1e-6)
+    logits = model((source, decoder_inputs(target)))
+    reference = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1, reduction=None)
+    per_token = reference(tf.one_hot(target, 9), logits).numpy()
+    np.testing.assert_allclose(loss, per_token[target.numpy() != 0].sum(), rtol=1e-5)
+
+
+def test_cross_entropy_matches_keras_on_any_shape():
+    logits = tf.random.normal([3, 2, 11], seed=1) * 4
+    labels = tf.constant([[1, 10], [0, 5], [7, 7]])
+    reference = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.3, reduction=None)
+    np.testing.assert_allclose(cross_entropy(labels, logits, 0.3), reference(tf.one_hot(labels, 11), logits),
+                               rtol=1e-5)
+    np.testing.assert_allclose(cross_entropy(tf.reshape(labels, [-1]), tf.reshape(logits, [6, 11]), 0.3),
+                               tf.reshape(reference(tf.one_hot(labels, 11), logits), [-1]), rtol=1e-5)
 
 
 def test_label_smoothing_spreads_mass_over_the_vocabulary():
     logits = tf.math.log(tf.constant([[[0.97, 0.01, 0.01, 0.01]]]))
-    target = tf.constant([[0 + 1]])  # token 1, not padding
-    plain, _ = masked_cross_entropy(target, logits, 0.0)
-    smoothed, _ = masked_cross_entropy(target, logits, 0.2)
+    target = tf.constant([[1]])
+    plain, smoothed = cross_entropy(target, logits, 0.0)[0, 0], cross_entropy(target, logits, 0.2)[0, 0]
     np.testing.assert_allclose(plain, -np.log(0.01), rtol=1e-5)
     expected = -(0.8 + 0.05) * np.log(0.01) - 0.05 * (np.log(0.97) + 2 * np.log(0.01))
     np.testing.assert_allclose(smoothed, expected, rtol=1e-5)
@@ -184,3 +200,24 @@ def test_training_draws_learning_curves(trained_toy):
         assert image.size == (1100, 400)
     history = [json.loads(line) for line in open(os.path.join(trained_toy, "validation.jsonl"))]
     assert all(h["train_loss"] > 0 for h in history)
+
+
+def test_profile_times_every_part_and_the_old_loss_agrees_with_the_new(toy_data, tmp_path):
+    config_path = str(tmp_path / "toy.yaml")
+    write_yaml(config_path, toy_config(toy_data, **{"training.label_smoothing": 0.1}))
+    figures = profile_step(str(tmp_path / "work"), config_path, num_batches=3, repeats=1, log=lambda _: None)
+    assert len(figures["parts_ms"]) == 4 and figures["batches"] == 3 and figures["step_ms"] > 0
+    assert figures["target_tokens"] > 0 and 0 < figures["target_padding_fraction"] < 1
+
+    # The profile's "before" loss (every position, one-hot targets) is the same loss.
+    model = Seq2Seq(20, 20, embedding_dim=8, units=8, dropout=0.0)
+    model.build_weights()
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(model.trainable_variables)
+    cuts = _cuts(model, optimizer, load_config(config_path))
+    source = tf.constant([[4, 5, 6, 3], [7, 3, 0, 0]])
+    target = tf.constant([[4, 5, 3, 0], [6, 3, 0, 0]])
+    np.testing.assert_allclose(cuts["output"](source, target)[0], cuts["dense_output"](source, target)[0], rtol=1e-5)
+    before = [v.numpy() for v in model.trainable_variables]
+    cuts["update"](source, target)
+    assert all(not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables))

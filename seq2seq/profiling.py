@@ -1,0 +1,128 @@
+"""Where a training step's time goes: ``python -m seq2seq.bench --profile``.
+
+Times, on the same real batches of the reference config, a training step cut after each of its
+parts, each part with its backward pass: the encoder; the decoder up to the attentional vectors
+(the recurrence with input feeding and attention); the output layer, softmax and loss; the
+gradient clipping and Adam update. A part's cost is the difference between two consecutive
+cuts. The input pipeline is timed on its own (batches produced per second, once its shuffle buffer is full), and the output
+layer is also timed as it was before it skipped padding (every position, one-hot
+Keras cross-entropy), for the record of that optimization in docs/benchmarks.md.
+"""
+
+import statistics
+import time
+
+import keras
+import tensorflow as tf
+
+from seq2seq.config import load_config
+from seq2seq.dataset import decoder_inputs, training_dataset
+from seq2seq.model import Seq2Seq
+from seq2seq.tokenizer import PAD_ID, Tokenizer
+from seq2seq.training import sequence_loss
+
+
+def _dense_loss(model, source, target, label_smoothing):
+    """The loss as computed before padding was skipped: logits at every position, one-hot targets."""
+    logits = model((source, decoder_inputs(target)), training=True)
+    loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing,
+                                                   reduction=None)
+    mask = tf.cast(tf.not_equal(target, PAD_ID), tf.float32)
+    return tf.reduce_sum(loss_fn(tf.one_hot(target, tf.shape(logits)[-1]), logits) * mask)
+
+
+def _cuts(model, optimizer, config):
+    """name -> tf.function(source, target) running the step up to and including that part."""
+    smoothing, clip = config.training.label_smoothing, config.training.clip_norm
+    variables = model.trainable_variables
+
+    def backward(loss_of):
+        def run(source, target):
+            with tf.GradientTape() as tape:
+                loss = loss_of(source, target)
+            gradients = tape.gradient(loss, variables)
+            return loss, [g for g in gradients if g is not None]
+        return run
+
+    encoder = backward(lambda s, t: tf.reduce_sum(model.encode(s, training=True)[0]["keys"]))
+    decoder = backward(lambda s, t: tf.reduce_sum(model.attentional((s, decoder_inputs(t)), training=True)))
+    output = backward(lambda s, t: sequence_loss(model, s, t, True, smoothing)[0])
+    dense = backward(lambda s, t: _dense_loss(model, s, t, smoothing))
+
+    def update(source, target):
+        loss, gradients = output(source, target)  # every variable is connected to the loss
+        gradients, _ = tf.clip_by_global_norm(gradients, clip)
+        optimizer.apply_gradients(zip(gradients, variables))
+        return loss
+
+    signature = [tf.TensorSpec([None, None], tf.int32)] * 2
+    return {name: tf.function(fn, input_signature=signature) for name, fn in (
+        ("encoder", encoder), ("decoder", decoder), ("output", output), ("update", update),
+        ("dense_output", dense))}
+
+
+def profile_step(work_dir, config_path, num_batches=60, repeats=3, log=print):
+    """Times the parts of a training step; returns a dict of figures (see the module docstring).
+
+    The SentencePiece model is trained into ``work_dir``; the model is built fresh from
+    ``config_path`` (its weights' values do not change the time of a step).
+    """
+    config = load_config(config_path)
+    log("profile: training SentencePiece")
+    tokenizer = Tokenizer.train(work_dir, config.data, config.tokenizer, config.training.seed)
+    dataset = training_dataset(config.data.train_source, config.data.train_target, tokenizer, config.training, 0)
+    batches = []
+    for batch in dataset.take(num_batches + 5):  # the first batches wait for the shuffle buffer
+        batches.append(batch)
+        if len(batches) == 5:
+            started = time.perf_counter()
+    pipeline_seconds = time.perf_counter() - started
+    warmup, batches = batches[:5], batches[5:]
+    tokens = sum(int(tf.reduce_sum(tf.cast(t != PAD_ID, tf.int32))) for _, t in batches)
+    positions = sum(int(tf.size(t)) for _, t in batches)
+
+    model = Seq2Seq.from_config_section(config.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
+    optimizer = keras.optimizers.Adam(config.training.learning_rate)
+    optimizer.build(model.trainable_variables)
+    cuts = _cuts(model, optimizer, config)
+    seconds = {}
+    for name, fn in cuts.items():
+        log(f"profile: {name}")
+        for source, target in warmup:
+            fn(source, target)
+        runs = []
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            for source, target in batches:
+                result = fn(source, target)
+            [x.numpy() for x in tf.nest.flatten(result, expand_composites=True)]
+            runs.append(time.perf_counter() - begin)
+        seconds[name] = statistics.median(runs)
+    per_step = {name: 1000 * value / len(batches) for name, value in seconds.items()}
+    parts = {
+        "encoder (embeddings, bidirectional GRU, key projection)": per_step["encoder"],
+        "decoder (input-feeding GRU steps, attention, combine)": per_step["decoder"] - per_step["encoder"],
+        "output layer, softmax and loss (real tokens only)": per_step["output"] - per_step["decoder"],
+        "gradient clipping and Adam update": per_step["update"] - per_step["output"],
+    }
+    return {
+        "batches": len(batches), "target_tokens": tokens, "target_padding_fraction": 1 - tokens / positions,
+        "input_pipeline_batches_per_sec": num_batches / pipeline_seconds,
+        "step_ms": per_step["update"], "step_target_tokens_per_sec": tokens / seconds["update"],
+        "parts_ms": parts,
+        "output_every_position_one_hot_ms": per_step["dense_output"] - per_step["decoder"],
+    }
+
+
+def print_profile(figures):
+    step = figures["step_ms"]
+    print(f"{figures['batches']} batches of the reference config, {figures['target_tokens']:,} target tokens "
+          f"({figures['target_padding_fraction']:.1%} of target positions are padding)")
+    print("| part (forward and backward) | ms a step | share |\n| --- | --- | --- |")
+    for name, ms in figures["parts_ms"].items():
+        print(f"| {name} | {ms:.1f} | {ms / step:.0%} |")
+    print(f"| whole step | {step:.1f} | 100% |")
+    print(f"step without logging or the input pipeline: {figures['step_target_tokens_per_sec']:,.0f} target tokens/s; "
+          f"input pipeline alone: {figures['input_pipeline_batches_per_sec']:.0f} batches/s")
+    print(f"output layer, softmax and loss the old way (every position, one-hot targets): "
+          f"{figures['output_every_position_one_hot_ms']:.1f} ms a step")
