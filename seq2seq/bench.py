@@ -307,8 +307,8 @@ def main(argv=None):
 
         import_tensorflow()
         with contextlib.chdir(ROOT), tempfile.TemporaryDirectory(prefix="seq2seq-profile-") as work:
-            results = profile_step(work, REFERENCE_CONFIG, num_batches=20 if args.quick else 60,
-                                   repeats=1 if args.quick else 3, log=log)
+            results = profile_step(work, REFERENCE_CONFIG, num_batches=20 if args.quick else 40,
+                                   repeats=1 if args.quick else 7, log=log)
         print_profile(results)
     else:
         from seq2seq.runtime import import_tensorflow

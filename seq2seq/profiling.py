@@ -61,7 +61,7 @@ def _cuts(model, optimizer, config):
         ("dense_output", dense))}
 
 
-def profile_step(work_dir, config_path, num_batches=60, repeats=3, log=print):
+def profile_step(work_dir, config_path, num_batches=40, repeats=7, log=print):
     """Times the parts of a training step; returns a dict of figures (see the module docstring).
 
     The SentencePiece model is trained into ``work_dir``; the model is built fresh from
@@ -85,19 +85,20 @@ def profile_step(work_dir, config_path, num_batches=60, repeats=3, log=print):
     optimizer = keras.optimizers.Adam(config.training.learning_rate)
     optimizer.build(model.trainable_variables)
     cuts = _cuts(model, optimizer, config)
-    seconds = {}
     for name, fn in cuts.items():
-        log(f"profile: {name}")
+        log(f"profile: tracing {name}")
         for source, target in warmup:
             fn(source, target)
-        runs = []
-        for _ in range(repeats):
+    runs = {name: [] for name in cuts}
+    for repeat in range(repeats):  # the cuts take turns, so that a slow spell of the machine hits all
+        log(f"profile: round {repeat + 1} of {repeats}")
+        for name, fn in cuts.items():
             begin = time.perf_counter()
             for source, target in batches:
                 result = fn(source, target)
             [x.numpy() for x in tf.nest.flatten(result, expand_composites=True)]
-            runs.append(time.perf_counter() - begin)
-        seconds[name] = statistics.median(runs)
+            runs[name].append(time.perf_counter() - begin)
+    seconds = {name: statistics.median(values) for name, values in runs.items()}
     per_step = {name: 1000 * value / len(batches) for name, value in seconds.items()}
     parts = {
         "encoder (embeddings, bidirectional GRU, key projection)": per_step["encoder"],

@@ -36,9 +36,9 @@ log = logging.getLogger("seq2seq")
 def cross_entropy(labels, logits, label_smoothing=0.0):
     """Per-token cross-entropy against the target distribution (1 - ε) one-hot + ε uniform.
 
-    Computed without the one-hot [..., vocab] tensor: (1 - ε)(lse(z) - z_y) + ε(lse(z) - mean(z))
-    = (lse(z) - z_y) + ε(z_y - mean(z)), the first term TensorFlow's fused sparse softmax
-    cross-entropy (one pass for the loss and its gradient).
+    TensorFlow's fused softmax cross-entropy (the loss and its gradient in one pass over the
+    logits) on the smoothed one-hot targets: on this CPU faster than Keras's loss (which smooths
+    the one-hot tensor in separate passes) and than the sparse op plus a smoothing term.
 
     Args:
       labels: int32 [...].
@@ -47,11 +47,11 @@ def cross_entropy(labels, logits, label_smoothing=0.0):
     Returns:
       float32 [...].
     """
-    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    if label_smoothing:
-        picked = tf.gather(logits, labels, batch_dims=labels.shape.rank)
-        loss += label_smoothing * (picked - tf.reduce_mean(logits, axis=-1))
-    return loss
+    vocab = tf.shape(logits)[-1]
+    uniform = label_smoothing / tf.cast(vocab, logits.dtype)
+    targets = tf.one_hot(labels, vocab, on_value=1.0 - label_smoothing + uniform, off_value=uniform,
+                         dtype=logits.dtype)
+    return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
 
 
 def sequence_loss(model, source, target, training=False, label_smoothing=0.0):
