@@ -1,4 +1,4 @@
-"""Beam search as one TensorFlow graph: a ``tf.while_loop`` over time, fixed [batch × beam] shapes.
+"""Beam search as one TensorFlow graph: a ``tf.while_loop`` over time on [sentences × beam] rows.
 
 The same search serves validation, ``translate.py`` and the exported SavedModel; beam size 1 is
 greedy decoding.
@@ -17,8 +17,9 @@ greedy decoding.
 - A sentence is done when no hypothesis is alive, when its best finished score can no longer
   be beaten (log-probabilities only fall, so an alive hypothesis can at best reach
   ``logp / lp(limit)``), or at its length limit ``max(min_length, ceil(ratio × source
-  length))``, where the alive hypotheses are finished as they are (without EOS). The loop
-  ends when every sentence is done.
+  length))``, where the alive hypotheses are finished as they are (without EOS). A sentence
+  that is done leaves the loop's tensors (its rows are gathered out), so later steps compute
+  only the sentences still searched; the loop ends when none is left.
 """
 
 from collections import namedtuple
@@ -90,14 +91,7 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
     limits = length_limits(source, max_length_ratio, min_length)  # [batch]
     max_steps = tf.reduce_max(limits)
     memory, state = model.encode(source)
-    memory = tf.nest.map_structure(lambda x: _tile(x, k), memory)
-    state = tf.nest.map_structure(lambda x: _tile(x, k), state)
-    # Rows of the flattened [batch * beam] tensors: the first row of each sentence starts alive.
-    batch_offsets = tf.range(batch)[:, None] * k  # [batch, 1]
-    alive_logp = tf.tile(tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)[None], [batch, 1])
-    alive_tokens = tf.zeros([batch, k, max_steps], tf.int32)
     kept_src_len = src_len if keep_attention else 0
-    alive_attention = tf.zeros([batch, k, max_steps, kept_src_len])
     finished = {
         "tokens": tf.zeros([batch, k, max_steps], tf.int32),
         "attention": tf.zeros([batch, k, max_steps, kept_src_len]),
@@ -105,58 +99,87 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
         "log_probs": tf.fill([batch, k], NEG_INF),
         "lengths": tf.zeros([batch, k], tf.int32),
     }
-    last_token = tf.fill([batch * k], BOS_ID)
-    done = tf.zeros([batch], tf.bool)
+    # The sentences still searched ("live"), [live, ...], and their hypotheses' rows, [live * beam,
+    # ...]: a sentence that is done leaves both (the step's cost follows the live sentences only),
+    # ``index`` maps live sentences to their rows of ``finished``. The first hypothesis of each
+    # sentence starts alive.
+    live = {
+        "index": tf.range(batch),
+        "limits": limits,
+        "logp": tf.tile(tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)[None], [batch, 1]),
+        "open_slots": tf.fill([batch], k),
+        "tokens": tf.zeros([batch, k, max_steps], tf.int32),
+        "attention": tf.zeros([batch, k, max_steps, kept_src_len]),
+    }
+    rows = {"last_token": tf.fill([batch * k], BOS_ID),
+            "state": tf.nest.map_structure(lambda x: _tile(x, k), state),
+            "memory": tf.nest.map_structure(lambda x: _tile(x, k), memory)}
 
-    def not_done(t, done, *_):
-        return tf.logical_not(tf.reduce_all(done))
+    def not_done(t, live, rows, finished):
+        return tf.size(live["index"]) > 0
 
-    def body(t, done, last_token, state, alive_logp, open_slots, alive_tokens, alive_attention, finished):
-        log_probs, state, weights = model.decode_step(last_token, state, memory)
+    def body(t, live, rows, finished):
+        n = tf.shape(live["index"])[0]
+        log_probs, state, weights = model.decode_step(rows["last_token"], rows["state"], rows["memory"])
         vocab = tf.shape(log_probs)[-1]
-        log_probs = tf.reshape(log_probs, [batch, k, vocab])
-        weights = tf.reshape(tf.cast(weights, tf.float32), [batch, k, src_len])
-        # Extensions of alive hypotheses only (closed slots and done sentences have NEG_INF).
-        alive_logp = tf.where(done[:, None], NEG_INF, alive_logp)
-        candidates = tf.reshape(alive_logp[:, :, None] + log_probs, [batch, k * vocab])
-        top_logp, top_index = tf.math.top_k(candidates, k)  # [batch, k], best first
+        log_probs = tf.reshape(log_probs, [n, k, vocab])
+        weights = tf.reshape(tf.cast(weights, tf.float32), [n, k, src_len])
+        # Extensions of alive hypotheses only (closed slots have NEG_INF).
+        candidates = tf.reshape(live["logp"][:, :, None] + log_probs, [n, k * vocab])
+        top_logp, top_index = tf.math.top_k(candidates, k)  # [n, k], best first
         parent, token = top_index // vocab, top_index % vocab
         # Keep as many extensions as the sentence has open slots (beam size - finished so far).
-        valid = (tf.range(k)[None, :] < open_slots[:, None]) & (top_logp > NEG_INF / 2)
-        at_limit = (t + 1 >= limits)[:, None]
+        valid = (tf.range(k)[None, :] < live["open_slots"][:, None]) & (top_logp > NEG_INF / 2)
+        at_limit = (t + 1 >= live["limits"])[:, None]
         finishing = valid & (tf.equal(token, EOS_ID) | at_limit)
         staying = valid & tf.logical_not(finishing)
 
-        tokens = _set_column(tf.gather(alive_tokens, parent, batch_dims=1), t, token)
-        attention = alive_attention  # [batch, k, max_steps, 0] without the attention history
+        tokens = _set_column(tf.gather(live["tokens"], parent, batch_dims=1), t, token)
+        attention = live["attention"]  # [n, k, max_steps, 0] without the attention history
         if keep_attention:
-            attention = _set_column(tf.gather(alive_attention, parent, batch_dims=1), t,
+            attention = _set_column(tf.gather(live["attention"], parent, batch_dims=1), t,
                                     tf.gather(weights, parent, batch_dims=1))
         length = t + 1
         scores = tf.where(finishing, top_logp / length_penalty(length, alpha), NEG_INF)
-        # Merge the newly finished into the finished lists, best first (at most k ever finish).
-        merged_scores = tf.concat([finished["scores"], scores], axis=1)
+        # Merge the newly finished into the live sentences' finished lists, best first (at most k
+        # ever finish), and write those lists back.
+        ours = {name: tf.gather(value, live["index"]) for name, value in finished.items()}
+        merged_scores = tf.concat([ours["scores"], scores], axis=1)
         best_scores, order = tf.math.top_k(merged_scores, k)
         new = {"tokens": tokens, "attention": attention, "scores": scores,
-               "log_probs": tf.where(finishing, top_logp, NEG_INF), "lengths": tf.fill([batch, k], length)}
-        finished = {name: tf.gather(tf.concat([finished[name], new[name]], axis=1), order, batch_dims=1)
+               "log_probs": tf.where(finishing, top_logp, NEG_INF), "lengths": tf.fill([n, k], length)}
+        ours = {name: tf.gather(tf.concat([ours[name], new[name]], axis=1), order, batch_dims=1) for name in ours}
+        ours["scores"] = best_scores
+        finished = {name: finished[name] if name == "attention" and not keep_attention else  # (empty)
+                    tf.tensor_scatter_nd_update(finished[name], live["index"][:, None], ours[name])
                     for name in finished}
-        finished["scores"] = best_scores
 
         alive_logp = tf.where(staying, top_logp, NEG_INF)
-        open_slots -= tf.reduce_sum(tf.cast(finishing, tf.int32), axis=1)
         best_alive = tf.reduce_max(alive_logp, axis=1)
-        unbeatable = finished["scores"][:, n_best - 1] >= best_alive / length_penalty(limits, alpha)
-        done = done | tf.logical_not(tf.reduce_any(staying, axis=1)) | unbeatable | at_limit[:, 0]
-        rows = tf.reshape(batch_offsets + parent, [-1])
-        state = tf.nest.map_structure(lambda x: tf.gather(x, rows), state)
-        return (t + 1, done, tf.reshape(token, [-1]), state, alive_logp, open_slots, tokens, attention,
-                finished)
+        unbeatable = ours["scores"][:, n_best - 1] >= best_alive / length_penalty(live["limits"], alpha)
+        done = tf.logical_not(tf.reduce_any(staying, axis=1)) | unbeatable | at_limit[:, 0]
+        hypothesis_rows = tf.reshape(tf.range(n)[:, None] * k + parent, [-1])
+        live = {**live, "logp": alive_logp, "tokens": tokens, "attention": attention,
+                "open_slots": live["open_slots"] - tf.reduce_sum(tf.cast(finishing, tf.int32), axis=1)}
+        rows = {"last_token": tf.reshape(token, [-1]), "memory": rows["memory"],
+                "state": tf.nest.map_structure(lambda x: tf.gather(x, hypothesis_rows), state)}
 
-    open_slots = tf.fill([batch], k)
-    *_, finished = tf.while_loop(
-        not_done, body,
-        (tf.constant(0), done, last_token, state, alive_logp, open_slots, alive_tokens, alive_attention, finished))
+        def drop_done():
+            keep = tf.cast(tf.where(tf.logical_not(done))[:, 0], tf.int32)  # [live'], in order
+            keep_rows = tf.reshape(keep[:, None] * k + tf.range(k)[None, :], [-1])
+            return ({name: tf.gather(value, keep) for name, value in live.items()},
+                    tf.nest.map_structure(lambda x: tf.gather(x, keep_rows), rows))
+
+        live, rows = tf.cond(tf.reduce_any(done), drop_done, lambda: (live, rows))
+        return t + 1, live, rows, finished
+
+    def any_batch(x):
+        return tf.TensorShape([None]).concatenate(x.shape[1:])
+
+    _, _, _, finished = tf.while_loop(
+        not_done, body, (tf.constant(0), live, rows, finished),
+        shape_invariants=(tf.TensorShape([]), tf.nest.map_structure(any_batch, live),
+                          tf.nest.map_structure(any_batch, rows), tf.nest.map_structure(lambda x: x.shape, finished)))
     # Trim to the longest hypothesis and blank everything past each hypothesis' length.
     out_len = tf.reduce_max(finished["lengths"])
     inside = tf.range(out_len)[None, None, :] < finished["lengths"][:, :, None]

@@ -123,3 +123,39 @@ def test_searcher_encodes_once_and_compiles_once_for_all_shapes():
     assert searcher._search.experimental_get_tracing_count() == 1
     with pytest.raises(ValueError):
         Searcher(model, 2, 0.6, 2.0, 1, n_best=3)
+
+
+def test_a_sentence_that_is_done_leaves_the_loop():
+    class Counting(ScriptedModel):
+        def __init__(self, script):
+            super().__init__(script)
+            self.rows = tf.Variable(0)
+
+        def decode_step(self, token, state, memory):
+            self.rows.assign_add(tf.shape(token)[0])
+            return super().decode_step(token, state, memory)
+
+    # Sentence 0 ends at step 1, sentence 2 at step 2, sentence 1 runs to its limit of 8 steps.
+    model = Counting([[5, EOS_ID] + [9] * 6, [6, 7, 8, 9, 10, 11, 12, 13], [4, 4, EOS_ID] + [9] * 5])
+    result = _search(model, beam=2)
+    assert model.rows.numpy() == 2 * (3 + 3 + 2 + 5)  # beam 2: 3 sentences for 2 steps, 2 for 1, then 1
+    assert result.lengths.numpy()[:, 0].tolist() == [2, 8, 3]
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_each_sentence_gets_the_translation_it_gets_alone(attention):
+    from seq2seq.model import Seq2Seq
+
+    model = Seq2Seq(30, 30, embedding_dim=16, units=16)
+    model.build_weights()
+    rng = np.random.default_rng(3)
+    rows = [list(rng.integers(4, 30, size=n)) + [EOS_ID] for n in (2, 7, 4, 1, 5)]
+    source = np.array([row + [PAD_ID] * (8 - len(row)) for row in rows], np.int32)
+    together = beam_search(model, tf.constant(source), 3, 0.6, 1.5, 1, keep_attention=attention)
+    for i, row in enumerate(rows):
+        alone = beam_search(model, tf.constant([row], tf.int32), 3, 0.6, 1.5, 1, keep_attention=attention)
+        length = alone.tokens.shape[-1]
+        np.testing.assert_array_equal(together.tokens[i, :, :length], alone.tokens[0])
+        assert np.all(together.tokens[i, :, length:] == PAD_ID)
+        np.testing.assert_allclose(together.scores[i], alone.scores[0], rtol=1e-5)
+        np.testing.assert_array_equal(together.lengths[i], alone.lengths[0])
