@@ -371,12 +371,12 @@ class Seq2Seq(keras.Model):
         their last states (the forward direction's at the last source token, the backward
         direction's at the first)."""
         values = memory["values"]
-        mask = tf.cast(memory["mask"], values.dtype)[:, :, None]
         if self.bridge_from == "last":
             lengths = tf.reduce_sum(tf.cast(memory["mask"], tf.int32), axis=1)
             last = tf.gather(values, tf.maximum(lengths - 1, 0), batch_dims=1)  # [batch, value_dim]
             summary = tf.concat([last[:, : self.units], values[:, 0, self.units:]], -1) if self.bidirectional else last
         else:
+            mask = tf.cast(memory["mask"], values.dtype)[:, :, None]
             summary = tf.reduce_sum(values * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
         hidden = tf.split(self.bridge(summary), self.decoder_layers, axis=-1)
         zeros = tf.zeros_like(hidden[0])
@@ -387,8 +387,7 @@ class Seq2Seq(keras.Model):
         """One inference step: token int32 [batch] -> float32 log-probabilities [batch, vocab],
         new state, attention weights [batch, src_len]."""
         attentional, state, weights = self.decoder.step(token, state, memory)
-        logits = tf.cast(self.decoder.logits(attentional), tf.float32)
-        return tf.nn.log_softmax(logits, axis=-1), state, weights
+        return tf.nn.log_softmax(self.output_logits(attentional), axis=-1), state, weights
 
     def attentional(self, inputs, training=False):
         """Teacher-forced decoding up to the output layer.
