@@ -384,10 +384,11 @@ class Seq2Seq(keras.Model):
         return {"rnn": rnn, "feed": zeros}
 
     def decode_step(self, token, state, memory):
-        """One inference step: token int32 [batch] -> float32 log-probabilities [batch, vocab],
-        new state, attention weights [batch, src_len]."""
+        """One inference step: token int32 [batch] -> float32 logits [batch, vocab] of the next
+        token (search normalizes only the ones it keeps), new state, attention weights [batch,
+        src_len]."""
         attentional, state, weights = self.decoder.step(token, state, memory)
-        return tf.nn.log_softmax(self.output_logits(attentional), axis=-1), state, weights
+        return self.output_logits(attentional), state, weights
 
     def attentional(self, inputs, training=False):
         """Teacher-forced decoding up to the output layer.

@@ -73,11 +73,11 @@ def test_padding_never_changes_outputs(cell, input_feeding):
 @pytest.mark.parametrize("input_feeding", [True, False])
 def test_step_by_step_decoding_equals_teacher_forcing(cell, input_feeding):
     model = _model(cell, input_feeding)
-    full = tf.nn.log_softmax(model((SOURCE, TARGET_IN))).numpy()
+    full = model((SOURCE, TARGET_IN)).numpy()
     memory, state = model.encode(tf.constant(SOURCE))
     for t in range(TARGET_IN.shape[1]):
-        log_probs, state, weights = model.decode_step(tf.constant(TARGET_IN[:, t]), state, memory)
-        np.testing.assert_allclose(log_probs.numpy(), full[:, t], atol=1e-5)
+        logits, state, weights = model.decode_step(tf.constant(TARGET_IN[:, t]), state, memory)
+        np.testing.assert_allclose(logits.numpy(), full[:, t], atol=1e-5)
         assert np.all(weights.numpy()[1, 3:] == 0.0)
 
 

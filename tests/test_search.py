@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from seq2seq.search import NEG_INF, Searcher, beam_search, length_limits, length_penalty
+from seq2seq.search import NEG_INF, Searcher, beam_search, best_tokens, length_limits, length_penalty
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -159,3 +159,21 @@ def test_each_sentence_gets_the_translation_it_gets_alone(attention):
         assert np.all(together.tokens[i, :, length:] == PAD_ID)
         np.testing.assert_allclose(together.scores[i], alone.scores[0], rtol=1e-5)
         np.testing.assert_array_equal(together.lengths[i], alone.lengths[0])
+
+
+@pytest.mark.parametrize("vocab", [8000, 1000, 130, 7])  # whole blocks, a padded last block, narrow
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_best_tokens_are_top_k_of_the_log_softmax(vocab, k):
+    logits = tf.constant(np.random.default_rng(vocab + k).normal(0, 4, [37, vocab]), tf.float32)
+    log_probs, tokens = best_tokens(logits, k, block=64)
+    want_values, want_tokens = tf.math.top_k(tf.nn.log_softmax(logits), min(k, vocab))
+    np.testing.assert_array_equal(tokens.numpy(), want_tokens.numpy())
+    np.testing.assert_allclose(log_probs.numpy(), want_values.numpy(), atol=1e-5)
+
+
+def test_best_tokens_break_ties_by_the_lowest_token_as_top_k_does():
+    logits = np.zeros([2, 640], np.float32)
+    logits[0, [600, 3, 200, 70]] = 5.0  # four tied maxima in four blocks; the lowest three win
+    logits[1, [65, 64, 600]] = [1.0, 2.0, 2.0]
+    _, tokens = best_tokens(tf.constant(logits), 3, block=64)
+    assert tokens.numpy().tolist() == [[3, 70, 200], [64, 600, 65]]

@@ -28,8 +28,8 @@ def reference_greedy(model, tokenizer, line, config):
     memory, state = model.encode(source)
     token, output = tf.constant([BOS_ID]), []
     for _ in range(limit):
-        log_probs, state, _ = model.decode_step(token, state, memory)
-        token = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+        logits, state, _ = model.decode_step(token, state, memory)
+        token = tf.argmax(logits, axis=-1, output_type=tf.int32)
         output.append(int(token[0]))
         if output[-1] == EOS_ID:
             break
