@@ -90,10 +90,23 @@ def _example_length(source, target):
 def _batched_pairs(source_path, target_path, tokenizer, training_config, stats, shuffle_seed=None):
     """Encoded pairs (shuffled if ``shuffle_seed`` is given), bucketed by length, batched by tokens."""
     cfg = training_config
-    signature = (tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32))
-    dataset = tf.data.Dataset.from_generator(
-        lambda: encoded_pairs(source_path, target_path, tokenizer, cfg.max_length, stats),
-        output_signature=signature)
+
+    def chunks():
+        # Pairs cross into TensorFlow a chunk at a time (flat ids and lengths), unbatched in the
+        # graph: one Python call per pair made refilling the shuffle buffer at each epoch's start
+        # a stall of seconds.
+        pairs = encoded_pairs(source_path, target_path, tokenizer, cfg.max_length, stats)
+        while chunk := list(itertools.islice(pairs, CHUNK_LINES)):
+            sources, targets = zip(*chunk)
+            yield (np.concatenate(sources), np.array([len(x) for x in sources], np.int32),
+                   np.concatenate(targets), np.array([len(x) for x in targets], np.int32))
+
+    flat = (tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32))
+    dataset = tf.data.Dataset.from_generator(chunks, output_signature=flat + flat).map(
+        lambda source_ids, source_lengths, target_ids, target_lengths: (
+            tf.RaggedTensor.from_row_lengths(source_ids, source_lengths, validate=False),
+            tf.RaggedTensor.from_row_lengths(target_ids, target_lengths, validate=False))).unbatch().map(
+        lambda source, target: (tf.ensure_shape(source, [None]), tf.ensure_shape(target, [None])))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(cfg.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
     boundaries = bucket_boundaries(cfg.max_length)
