@@ -158,3 +158,19 @@ def test_bfloat16_trains_the_toy_task_and_translates_in_float32(toy_data, traine
         keras.mixed_precision.set_global_policy("float32")
     single, bfloat16 = _exact_match(trained_toy, toy_data), _exact_match(model_dir, toy_data)
     assert bfloat16 >= 0.9 and abs(bfloat16 - single) <= 0.05, (single, bfloat16)
+
+
+def test_bfloat16_output_layer_trains_the_toy_task_in_training_and_search(toy_data, trained_toy, tmp_path):
+    from seq2seq.config import config_from_dict
+    from seq2seq.model_dir import load_model
+    from seq2seq.training import Trainer
+
+    model_dir = str(tmp_path / "model")
+    trainer = Trainer(config_from_dict(toy_config(toy_data, **{"model.output_bfloat16": True})), model_dir)
+    trainer.train()
+    _, _, model = load_model(model_dir)  # the setting is saved with the model and used in search
+    for output in (trainer.model.decoder.output_projection, model.decoder.output_projection):
+        assert output.compute_dtype == "bfloat16" and output.kernel.dtype == "float32"
+    assert model.decoder.combine.compute_dtype == "float32"
+    single, bfloat16 = _exact_match(trained_toy, toy_data), _exact_match(model_dir, toy_data)
+    assert bfloat16 >= 0.9 and abs(bfloat16 - single) <= 0.05, (single, bfloat16)

@@ -178,3 +178,20 @@ def test_tied_output_layer_scores_against_the_target_embeddings(tmp_path):
     tf.train.Checkpoint(model=other).restore(path).assert_consumed()
     np.testing.assert_allclose(other((SOURCE, TARGET_IN)), model((SOURCE, TARGET_IN)), atol=1e-6)
     assert Seq2Seq.from_config(model.get_config()).get_config()["tie_embeddings"] is True
+
+
+@pytest.mark.parametrize("tie_embeddings", [False, True])
+def test_bfloat16_output_layer_keeps_float32_weights_and_logits(tie_embeddings):
+    model = _model(tie_embeddings=tie_embeddings, layers=1, output_bfloat16=True)
+    reference = _model(tie_embeddings=tie_embeddings, layers=1)
+    reference.set_weights(model.get_weights())
+    output = model.decoder.output_projection
+    assert output.compute_dtype == "bfloat16" and all(w.dtype == "float32" for w in output.weights)
+    assert model.decoder.combine.compute_dtype == "float32"  # only the output layer
+    logits, expected = model((SOURCE, TARGET_IN)), reference((SOURCE, TARGET_IN))
+    assert logits.dtype == tf.float32
+    # bfloat16 keeps 8 bits of mantissa: logits within about 1% of the float32 model's.
+    np.testing.assert_allclose(logits, expected, atol=0.02 * float(np.abs(expected).max()))
+    memory, state = model.encode(tf.constant(SOURCE))
+    assert model.decode_step(tf.constant(TARGET_IN[:, 0]), state, memory)[0].dtype == tf.float32
+    assert Seq2Seq.from_config(model.get_config()).decoder.output_projection.compute_dtype == "bfloat16"
