@@ -18,6 +18,7 @@ from seq2seq.corpus import read_parallel
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 CHUNK_LINES = 2048  # lines encoded per SentencePiece call
+PREFETCH_BATCHES = 4  # training batches prepared ahead of the step that needs them
 
 
 @dataclass
@@ -110,9 +111,15 @@ def _batched_pairs(source_path, target_path, tokenizer, training_config, stats, 
     if shuffle_seed is not None:
         dataset = dataset.shuffle(cfg.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
     boundaries = bucket_boundaries(cfg.max_length)
+    # Without tf.data's autotuning: its optimization thread does not wake up when an iterator is
+    # deleted, so deleting an epoch's iterator waited out that thread's sleep (up to 60 s; in
+    # Multi30k trainings a third of the epochs ended with such a stall). Nothing here has
+    # parallelism to tune.
+    options = tf.data.Options()
+    options.autotune.enabled = False
     return dataset.bucket_by_sequence_length(
         _example_length, boundaries, bucket_batch_sizes(boundaries, cfg.batch_tokens, cfg.max_length),
-        padded_shapes=([None], [None]), padding_values=(PAD_ID, PAD_ID))
+        padded_shapes=([None], [None]), padding_values=(PAD_ID, PAD_ID)).with_options(options)
 
 
 def training_dataset(source_path, target_path, tokenizer, training_config, epoch, stats=None):
@@ -123,7 +130,7 @@ def training_dataset(source_path, target_path, tokenizer, training_config, epoch
     resumed run sees the same order for the same epoch.
     """
     return _batched_pairs(source_path, target_path, tokenizer, training_config, stats,
-                          shuffle_seed=training_config.seed + epoch).prefetch(tf.data.AUTOTUNE)
+                          shuffle_seed=training_config.seed + epoch).prefetch(PREFETCH_BATCHES)
 
 
 def estimate_batches(source_path, target_path, tokenizer, training_config):

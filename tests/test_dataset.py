@@ -51,6 +51,13 @@ def test_batches_respect_the_token_budget_and_keep_every_pair(toy_data, tokenize
     assert estimated == len(batches) and estimated_stats.pairs == 4000
 
 
+def test_training_batches_run_without_tf_data_autotuning(toy_data, tokenizer):
+    # Its optimization thread made deleting an epoch's iterator wait up to 60 s (dataset.py).
+    config = TrainingConfig(batch_tokens=120, max_length=20, shuffle_buffer=100)
+    dataset = training_dataset(f"{toy_data}/train.src", f"{toy_data}/train.tgt", tokenizer, config, 0)
+    assert dataset.options().autotune.enabled is False
+
+
 def test_shuffle_is_seeded_by_seed_and_epoch(toy_data, tokenizer):
     config = TrainingConfig(batch_tokens=200, max_length=20, shuffle_buffer=500)
 
