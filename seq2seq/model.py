@@ -256,7 +256,14 @@ class Decoder(keras.layers.Layer):
           state: the new decoder state.
           weights: float [batch, src_len], the attention over the source.
         """
-        x = self.dropouts[0](self.embedding(token), training=training)
+        return self._step_embedded(self._embed(token, training), state, memory, training)
+
+    def _embed(self, tokens, training):
+        """int32 [...] -> the embeddings after dropout, float [..., embedding_dim]."""
+        return self.dropouts[0](self.embedding(tokens), training=training)
+
+    def _step_embedded(self, x, state, memory, training):
+        """``step`` from the embedded token x [batch, embedding_dim]."""
         if self.input_feeding:
             x = tf.concat([x, state["feed"]], axis=-1)
         new_rnn_state = []
@@ -281,20 +288,25 @@ class Decoder(keras.layers.Layer):
         """
         if self.input_feeding:
             return self._call_stepwise(target_in, state, memory, training)
-        x = self.dropouts[0](self.embedding(target_in), training=training)
+        x = self._embed(target_in, training)
         for i, (rnn, layer_state) in enumerate(zip(self.rnns, state["rnn"])):
             x, *_ = rnn(x, initial_state=list(layer_state), training=training)
             x = self._rnn_dropout(i, x, training)
         return self._attend(x, memory, training)
 
     def _call_stepwise(self, target_in, state, memory, training):
+        # Every step's embedding is looked up (and dropped out) before the loop and read from a
+        # TensorArray: in the loop, the backward pass of a lookup, or of a slice of a tensor from
+        # outside the loop, makes a dense gradient of that whole tensor at every step (the
+        # embedding table's for the lookup), summed over the steps.
         steps = tf.shape(target_in)[1]
-        tokens = tf.transpose(target_in)  # [tgt_len, batch]
+        embedded = self._embed(target_in, training)
+        inputs = tf.TensorArray(embedded.dtype, size=steps).unstack(tf.transpose(embedded, [1, 0, 2]))
         outputs = tf.TensorArray(self.compute_dtype, size=steps)
         weights = tf.TensorArray(self.compute_dtype, size=steps)
 
         def body(t, state, outputs, weights):
-            attentional, state, w = self.step(tokens[t], state, memory, training=training)
+            attentional, state, w = self._step_embedded(inputs.read(t), state, memory, training)
             return t + 1, state, outputs.write(t, attentional), weights.write(t, w)
 
         _, _, outputs, weights = tf.while_loop(

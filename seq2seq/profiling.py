@@ -19,7 +19,7 @@ from seq2seq.config import load_config
 from seq2seq.dataset import decoder_inputs, training_dataset
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import PAD_ID, Tokenizer
-from seq2seq.training import sequence_loss
+from seq2seq.training import FusedAdam, sequence_loss
 
 
 def _dense_loss(model, source, target, label_smoothing):
@@ -82,7 +82,7 @@ def profile_step(work_dir, config_path, num_batches=40, repeats=7, log=print):
     positions = sum(int(tf.size(t)) for _, t in batches)
 
     model = Seq2Seq.from_config_section(config.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
-    optimizer = keras.optimizers.Adam(config.training.learning_rate)
+    optimizer = FusedAdam(config.training.learning_rate)
     optimizer.build(model.trainable_variables)
     cuts = _cuts(model, optimizer, config)
     for name, fn in cuts.items():

@@ -13,7 +13,7 @@ from seq2seq.dataset import decoder_inputs
 from seq2seq.model import Seq2Seq
 from seq2seq.model_dir import load_model
 from seq2seq.profiling import _cuts, profile_step
-from seq2seq.training import LearningRate, Trainer, cross_entropy, sequence_loss
+from seq2seq.training import FusedAdam, LearningRate, Trainer, cross_entropy, sequence_loss
 from seq2seq.translate import Translator
 
 
@@ -140,6 +140,31 @@ def test_learning_rate_schedules_warm_up_and_decay():
     no_warmup = LearningRate("cosine", 1e-3, 1e-5, warmup_steps=0, total_steps=100)
     assert float(no_warmup(0)) == pytest.approx(1e-3)
     assert float(no_warmup(25)) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi / 4)), rel=1e-4)
+
+
+def test_fused_adam_updates_like_keras_adam_and_checkpoints_the_same_moments(tmp_path):
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=(30, 8)).astype(np.float32), rng.normal(size=8).astype(np.float32)]
+    weights = {name: [keras.Variable(w) for w in start] for name in ("keras", "fused")}
+    optimizers = {"keras": keras.optimizers.Adam(LearningRate("plateau", 1e-2, 1e-4, 3, 100)),
+                  "fused": FusedAdam(LearningRate("plateau", 1e-2, 1e-4, 3, 100))}
+    for step in range(6):
+        dense = [tf.constant(rng.normal(size=w.shape).astype(np.float32)) for w in start]
+        # An embedding lookup's gradient (rows 3 and 7 of the first weight) takes Keras's path.
+        sparse = tf.IndexedSlices(tf.constant(rng.normal(size=(2, 8)).astype(np.float32)), tf.constant([3, 7]),
+                                  tf.constant([30, 8]))
+        for name, optimizer in optimizers.items():
+            optimizer.apply_gradients(zip([sparse if step == 4 else dense[0], dense[1]], weights[name]))
+    for initial, keras_weight, fused_weight in zip(start, weights["keras"], weights["fused"]):
+        assert not np.allclose(fused_weight.numpy(), initial)
+        np.testing.assert_allclose(fused_weight.numpy(), keras_weight.numpy(), atol=1e-6)
+    # The moments are Keras's variables: a checkpoint of the fused optimizer restores into Keras's Adam.
+    path = tf.train.Checkpoint(optimizer=optimizers["fused"]).save(str(tmp_path / "ckpt"))
+    restored = keras.optimizers.Adam(LearningRate("plateau", 1e-2, 1e-4, 3, 100))
+    restored.build(weights["keras"])
+    tf.train.Checkpoint(optimizer=restored).restore(path).assert_existing_objects_matched()
+    for a, b in zip(restored.variables, optimizers["fused"].variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_cosine_schedule_reaches_the_floor_at_the_last_step_and_ignores_plateaus(toy_data, tmp_path):
