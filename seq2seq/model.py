@@ -14,7 +14,8 @@ recurrent decoder.
 
 Without input feeding every recurrent layer runs as one Keras RNN layer over the whole
 sequence (the fused cuDNN kernel on GPU). With input feeding the decoder runs step by step,
-through the same cells and the same ``step`` function that search uses.
+through the same cells and the same step function that search uses (training embeds all the
+steps' input tokens before the loop).
 """
 
 import keras
