@@ -109,8 +109,8 @@ class FusedAdam(keras.optimizers.Adam):
     with ``α = lr √(1-β₂ᵗ) / (1-β₁ᵗ)``, in one pass over the variable, its gradient and its two
     moments instead of Keras's six: on this CPU, clipping and updating the reference model's 8
     million weights take 9.7 instead of 15.2 ms a step (docs/benchmarks.md, optimization 7).
-    The moments are Keras's own variables, so
-    checkpoints do not change. Sparse gradients and AMSGrad go through Keras's update.
+    The moments are Keras's own variables, so checkpoints do not change. Sparse gradients and
+    AMSGrad go through Keras's update.
     """
 
     def update_step(self, gradient, variable, learning_rate):
