@@ -5,14 +5,15 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/multi30k_de_en.yaml
 NAME := $(basename $(notdir $(CONFIG)))
 MODEL_DIR ?= runs/$(NAME)
-# Languages of the test set, from the config name (multi30k_de_en -> de, en).
-SRC ?= $(word 2,$(subst _, ,$(NAME)))
-TGT ?= $(word 3,$(subst _, ,$(NAME)))
+# Languages of the test set: the suffixes of the config's training files (train.de -> de).
+LANGUAGES = $(shell $(PY) -m seq2seq.config $(CONFIG))
+SRC ?= $(word 1,$(LANGUAGES))
+TGT ?= $(word 2,$(LANGUAGES))
 MULTI30K_MIRROR ?= ../shared/data/multi30k
 export MULTI30K_MIRROR
 # make install GPU=1 installs TensorFlow with its CUDA libraries.
-EXTRAS := test$(if $(GPU),$(comma)gpu)
 comma := ,
+EXTRAS := test$(if $(GPU),$(comma)gpu)
 ARGS ?=
 PYTEST_ARGS ?=
 

@@ -79,7 +79,7 @@ def main(argv=None):
     import_tensorflow()
     from seq2seq.model_dir import load_model
     from seq2seq.plots import plot_attention
-    from seq2seq.translate import Translator, alignment, one_line, score, text_lines
+    from seq2seq.translate import Translator, alignment, line_chunks, one_line, score
 
     started = time.perf_counter()
     config, tokenizer, model = load_model(args.model)
@@ -111,7 +111,7 @@ def main(argv=None):
               f"{config.translate.max_input_length} subwords; translating its beginning only", file=sys.stderr)
 
     with source as binary, target as out:
-        hypotheses = translator.translate_stream(text_lines(binary), lambda i, hyps: write(out, i, hyps),
+        hypotheses = translator.translate_stream(line_chunks(binary), lambda i, hyps: write(out, i, hyps),
                                                  args.batch_size, attention, warn_truncated, out.flush)
     if args.verbose:
         seconds = time.perf_counter() - loaded

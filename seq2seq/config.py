@@ -270,8 +270,9 @@ def read_yaml(path):
 
 def load_config(path, overrides=()):
     """Loads the YAML config at ``path`` with ``--set`` ``overrides`` applied, validated."""
+    values = read_yaml(path)  # its errors name the file already
     try:
-        return config_from_dict(read_yaml(path), overrides)
+        return config_from_dict(values, overrides)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
 
@@ -282,3 +283,27 @@ def save_config(config, path):
     with open(tmp, "w", encoding="utf-8") as f:
         yaml.safe_dump(config.to_dict(), f, sort_keys=False)
     os.replace(tmp, path)
+
+
+def languages(config):
+    """The source and target language codes: the suffixes of the training files (train.de -> de)."""
+    return tuple(os.path.splitext(path)[1].lstrip(".") for path in (config.data.train_source,
+                                                                     config.data.train_target))
+
+
+
+def main(argv=None):
+    """``python -m seq2seq.config CONFIG`` prints the config's source and target languages (for the Makefile)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("config", help="YAML experiment config")
+    print(*languages(load_config(parser.parse_args(argv).config)))
+
+
+if __name__ == "__main__":
+    import sys
+
+    from seq2seq.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -3,12 +3,16 @@
 Exactly one output line per input line, in input order: a line without any subword (empty,
 blank, or only characters SentencePiece drops) gives an empty line, and every other line one
 translation. A line of more than ``translate.max_input_length`` subwords is truncated to that
-length (the caller is told which). Input is read in chunks, so a large file or a pipe is
-translated with bounded memory and output starts before the input ends.
+length (the caller is told which). Input is read in chunks of the lines that are there (up to
+``CHUNK_LINES``): a file or a burst of lines is translated in large sorted batches with bounded
+memory, and a line that arrives alone on an open pipe or a terminal is answered at once.
 """
 
+import codecs
 import io
-import itertools
+import os
+import select
+import stat
 from collections import namedtuple
 
 import numpy as np
@@ -94,19 +98,16 @@ class Translator:
         """Translates ``lines`` (list of str); returns the best translations, same length and order."""
         return [best[0].text for best in self.hypotheses(lines, batch_size)]
 
-    def translate_stream(self, lines, write, batch_size=None, attention=False, on_truncate=None, flush=None):
-        """Translates an iterable of lines chunk by chunk, calling ``write(index, hypotheses)`` per line.
+    def translate_stream(self, chunks, write, batch_size=None, attention=False, on_truncate=None, flush=None):
+        """Translates an iterable of chunks (lists of lines, as ``line_chunks`` yields them),
+        calling ``write(index, hypotheses)`` per line.
 
         ``hypotheses`` is the line's list of Hypothesis, best first. ``on_truncate(index)`` is
         called for each line cut to ``max_input_length``, ``flush()`` after each chunk. Returns
         the list of best translations (for scoring).
         """
         translations = []
-        lines = iter(lines)
-        while True:
-            chunk = [line.rstrip("\r\n") for line in itertools.islice(lines, CHUNK_LINES)]
-            if not chunk:
-                return translations
+        for chunk in chunks:
             truncated = []
             results = self.hypotheses(chunk, batch_size, attention, truncated)
             if on_truncate is not None:
@@ -117,13 +118,51 @@ class Translator:
                 translations.append(hypotheses[0].text)
             if flush is not None:
                 flush()
+        return translations
 
 
-def text_lines(binary):
-    """Lines of a binary stream (a file or stdin) for translation: decoded as UTF-8 with invalid
-    bytes replaced by U+FFFD, a byte order mark dropped, lines ending at ``\n`` only (a lone
-    ``\r`` or U+2028 does not start a line), so output lines match input lines one to one."""
-    return io.TextIOWrapper(binary, encoding="utf-8-sig", errors="replace", newline="\n")
+def line_chunks(binary, max_lines=CHUNK_LINES):
+    """Yields the lines of a binary stream (a file, a pipe, a terminal) as lists of str, each
+    list the complete lines available when it is read, at most ``max_lines`` of them.
+
+    Waits only while no complete line is there: on a pipe or a terminal, a line that arrives
+    alone is yielded alone, while lines that arrive together come in one list. Lines end at
+    ``\n`` only (a lone ``\r`` or U+2028 does not start a line) and lose a trailing ``\r``;
+    they are decoded as UTF-8 with invalid bytes replaced by U+FFFD and a byte order mark at
+    the start of the stream dropped, so output lines match input lines one to one.
+    """
+    waits = _waits_for_input(binary)
+    pending, partial, at_start, at_end = [], b"", True, False
+    while True:
+        while not at_end and len(pending) < max_lines and (not pending or not waits or _readable(binary)):
+            data = binary.read1(1 << 16)  # what one read returns: blocks only when nothing is there
+            if not data:
+                at_end = True
+                break
+            *complete, partial = (partial + data).split(b"\n")
+            pending.extend(complete)
+        if at_end and partial:
+            pending.append(partial)
+            partial = b""
+        if not pending:
+            return
+        chunk, pending = pending[:max_lines], pending[max_lines:]
+        if at_start:
+            chunk[0] = chunk[0].removeprefix(codecs.BOM_UTF8)
+            at_start = False
+        yield [line.decode("utf-8", "replace").rstrip("\r") for line in chunk]
+
+
+def _waits_for_input(binary):
+    """Whether reading ``binary`` can wait for data to arrive (a pipe, a terminal, a socket)."""
+    try:
+        return not stat.S_ISREG(os.fstat(binary.fileno()).st_mode)
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return False  # an in-memory stream: all of it is there
+
+
+def _readable(binary):
+    return bool(select.select([binary], [], [], 0)[0])
 
 
 def one_line(text):

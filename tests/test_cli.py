@@ -1,10 +1,11 @@
 """The command lines as a user runs them: outputs, and one clear line for every mistake."""
 
 import os
+import subprocess
 
 import pytest
 
-from conftest import assert_one_line_error, run_script, toy, toy_config, write_yaml
+from conftest import ROOT, assert_one_line_error, run_script, toy, toy_config, write_yaml
 
 
 @pytest.fixture
@@ -183,3 +184,26 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_a_rerun_resumes(toy_data, tmp_
     assert result.returncode == 0, result.stderr
     assert f"at step {stopped} " in log.read_text().split("resumed from")[1].splitlines()[0]
     assert f"training done at step {stopped + 10};" in log.read_text()
+
+
+def _make_dry_run(*args):
+    result = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_make_install_gpu_asks_pip_for_both_extras():
+    assert 'pip install --quiet -e ".[test,gpu]"' in _make_dry_run("-B", "install", "GPU=1")
+    assert 'pip install --quiet -e ".[test]"' in _make_dry_run("-B", "install")
+
+
+@pytest.mark.parametrize("config, source, target", [("multi30k_de_en", "de", "en"), ("multi30k_en_de", "en", "de"),
+                                                    ("bench_gru256", "de", "en")])
+def test_make_translate_takes_the_languages_from_the_configs_data_files(config, source, target):
+    assert sorted(os.listdir(os.path.join(ROOT, "configs"))) == ["bench_gru256.yaml", "multi30k_de_en.yaml",
+                                                                 "multi30k_en_de.yaml"]  # every shipped config
+    commands = _make_dry_run("translate", f"CONFIG=configs/{config}.yaml").replace("\\\n", " ")
+    line = next(line for line in commands.splitlines() if "translate.py" in line)
+    assert f"--input data/multi30k/test_2016_flickr.{source} " in line
+    assert f"--output runs/{config}/test_2016_flickr.{target}.hyp " in line
+    assert f"--reference data/multi30k/test_2016_flickr.{target}" in line

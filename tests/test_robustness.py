@@ -256,10 +256,10 @@ def toy_translator(trained_toy):
 
 def _translate_bytes(translator, data):
     """What translate.py does with a byte stream: returns the bytes it writes."""
-    from seq2seq.translate import one_line, text_lines
+    from seq2seq.translate import line_chunks, one_line
 
     out = io.StringIO()
-    translator.translate_stream(text_lines(io.BytesIO(data)),
+    translator.translate_stream(line_chunks(io.BytesIO(data), max_lines=4),
                                 lambda i, hyps: out.write(one_line(hyps[0].text) + "\n"), batch_size=3)
     return out.getvalue().encode("utf-8")
 
@@ -316,3 +316,98 @@ def test_translate_py_streams_its_output_before_the_input_ends(trained_toy):
         assert child.wait(timeout=600) == 0
     finally:
         child.kill()
+
+
+def _next_within(chunks, seconds=10.0):
+    """``next(chunks)`` run in a thread: fails instead of hanging if it waits for more input."""
+    import threading
+
+    result = []
+    thread = threading.Thread(target=lambda: result.append(next(chunks, None)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert result, "line_chunks waited for more input although a complete line was there"
+    return result[0]
+
+
+def test_line_chunks_yield_what_has_arrived_on_an_open_pipe():
+    from seq2seq.translate import line_chunks
+
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb") as reader:
+        chunks = line_chunks(reader, max_lines=300)
+        os.write(write_end, b"\xef\xbb\xbfs1 s2\r\n")
+        assert _next_within(chunks) == ["s1 s2"]  # the BOM and the \r dropped
+        os.write(write_end, b"s3")  # no complete line yet: nothing is yielded until the rest comes
+        os.write(write_end, b" s4\n\xef\xbb\xbfs5\xff\n")
+        assert _next_within(chunks) == ["s3 s4", "\ufeffs5\ufffd"]  # a BOM inside the stream is text
+        os.write(write_end, b"".join(b"s%d\n" % (i % 10) for i in range(1000)))  # a burst, in one write
+        assert [len(_next_within(chunks)) for _ in range(4)] == [300, 300, 300, 100]
+        os.write(write_end, b"last line without newline")
+        os.close(write_end)
+        assert _next_within(chunks) == ["last line without newline"]
+        assert _next_within(chunks) is None
+
+
+def test_line_chunks_of_a_file_are_full(tmp_path):
+    from seq2seq.translate import line_chunks
+
+    path = tmp_path / "input.txt"
+    path.write_bytes(b"".join(b"s%d\n" % (i % 10) for i in range(2500)))
+    with open(path, "rb") as f:
+        assert [len(chunk) for chunk in line_chunks(f, max_lines=1000)] == [1000, 1000, 500]
+
+
+# Counts the search calls (the rows of each) of translate.py and prints them to stderr at exit.
+COUNTED_TRANSLATE = r"""
+import atexit, runpy, sys
+from seq2seq import search
+rows, call = [], search.Searcher.__call__
+def counted(self, source, *args, **kwargs):
+    rows.append(len(source))
+    return call(self, source, *args, **kwargs)
+search.Searcher.__call__ = counted
+atexit.register(lambda: print("search rows:", rows, file=sys.stderr))
+sys.argv = ["translate.py"] + sys.argv[1:]
+runpy.run_path("translate.py", run_name="__main__")
+"""
+
+
+def test_translate_py_answers_each_line_on_an_open_pipe_and_batches_bursts(trained_toy):
+    import re
+    import select
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", COUNTED_TRANSLATE, "--model", trained_toy, "--batch-size", "32"],
+                             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             bufsize=0)
+    received = b""
+
+    def read_lines(count, seconds):
+        nonlocal received
+        deadline = time.monotonic() + seconds
+        while received.count(b"\n") < count:
+            assert time.monotonic() < deadline, f"no answer after {seconds} s; got {received!r}"
+            if select.select([child.stdout], [], [], 0.1)[0]:
+                received += os.read(child.stdout.fileno(), 1 << 16)
+
+    try:
+        child.stdin.write(b"s1 s2 s3\n")
+        read_lines(1, 300)  # loading the model and compiling the search
+        child.stdin.write(b"s4 s5\n")
+        read_lines(2, 5)  # the model is loaded: a line is answered at once
+        burst = b"".join(b"s%d s%d\n" % (i % 20, i % 7) for i in range(1000))
+        os.write(child.stdin.fileno(), burst)
+        read_lines(1002, 300)
+        child.stdin.close()
+        stderr = child.stderr.read()
+        child.wait(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0, stderr
+    assert received.count(b"\n") == 1002
+    rows = [int(n) for n in re.search(rb"search rows: \[([\d, ]*)\]", stderr).group(1).split(b",")]
+    warm_up, first, second, burst_rows = rows[0], rows[1], rows[2], rows[3:]
+    assert (warm_up, first, second) == (1, 1, 1)
+    # The burst arrived together: translated in full batches of 32, not line by line.
+    assert sum(burst_rows) == 1000 and len(burst_rows) <= 1000 // 32 + 2, burst_rows

@@ -93,7 +93,7 @@ def test_lines_over_the_input_limit_are_cut_and_reported(toy_model):
     cut = " ".join(words[: limit - 1])
     assert translator.translate([" ".join(words)]) == translator.translate([cut])
     reported = []
-    outputs = translator.translate_stream(["s1", " ".join(words), "", " ".join(words)], lambda i, h: None,
+    outputs = translator.translate_stream([["s1", " ".join(words)], ["", " ".join(words)]], lambda i, h: None,
                                           on_truncate=reported.append)
     assert reported == [1, 3] and len(outputs) == 4
 
