@@ -199,6 +199,7 @@ class Trainer:
         self.config, self.model_dir = config, model_dir
         self.stop_signal = None
         self.is_chief, self.worker = True, None  # set by _make_strategy for multi-worker training
+        self._all_reduce_one = None  # the barrier's tf.function, traced on first use
         self.train_loss = [0.0, 0]  # training loss sum and token count since the last validation
 
     # -- set-up --------------------------------------------------------------------------------
@@ -255,11 +256,15 @@ class Trainer:
         return tf.distribute.get_strategy()
 
     def _barrier(self):
-        """Waits until every worker gets here (a collective all-reduce of one number)."""
-        if self.strategy.num_replicas_in_sync > 1:
-            self.strategy.reduce(tf.distribute.ReduceOp.SUM, self.strategy.run(
-                lambda: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, 1.0)),
-                axis=None)
+        """Waits until every worker gets here: a collective all-reduce of one number, in a graph
+        (MultiWorkerMirroredStrategy runs collectives from a tf.function only)."""
+        if self.strategy.num_replicas_in_sync == 1:
+            return
+        if self._all_reduce_one is None:
+            self._all_reduce_one = tf.function(lambda: self.strategy.run(
+                lambda: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM,
+                                                                       tf.constant(1.0))))
+        self._all_reduce_one()
 
     def _build(self, total_steps):
         cfg = self.config
