@@ -2,10 +2,16 @@
 
 A ``UserError`` is a mistake the user can fix (a missing file, a bad config key, a model
 directory that is not one). Command lines print it as one line on stderr and exit non-zero;
-they never show a traceback for it.
+they never show a traceback for it. Any other exception (a bug, or a failure in TensorFlow) is
+also one ``error:`` line and a non-zero exit; its traceback goes to the log file (``train.log``)
+or, where there is none, to a file in the temporary directory that the line names.
 """
 
+import logging
+import re
 import sys
+import tempfile
+import traceback
 
 
 class UserError(Exception):
@@ -27,7 +33,8 @@ class ModelDirError(UserError):
 
 
 def run_cli(main, argv=None):
-    """Runs ``main(argv)`` and turns a ``UserError`` into ``error: ...`` on stderr.
+    """Runs ``main(argv)``: a ``UserError`` becomes ``error: ...`` on stderr, any other exception
+    ``error: <type>: <first line of its message> (traceback in <file>)``.
 
     Returns the process exit status, for ``sys.exit``: ``main``'s return value, or 0.
     """
@@ -39,3 +46,25 @@ def run_cli(main, argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 (the last resort: the traceback goes to a file)
+        # TensorFlow's messages start with the op's function name, "{{function_node ...}}".
+        lines = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", str(error).strip()).splitlines()
+        message = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+        print(f"error: {message} (traceback in {save_traceback()})", file=sys.stderr)
+        return 1
+
+
+def save_traceback():
+    """Writes the traceback of the exception being handled to the log files of the ``seq2seq``
+    logger (``train.log``) or, when it has none, to a new file in the temporary directory;
+    returns the path written."""
+    record = logging.LogRecord("seq2seq", logging.ERROR, __file__, 0, "unexpected error", None, sys.exc_info())
+    files = [h for h in logging.getLogger("seq2seq").handlers if isinstance(h, logging.FileHandler)]
+    for handler in files:
+        handler.handle(record)
+    if files:
+        return files[0].baseFilename
+    with tempfile.NamedTemporaryFile("w", prefix="seq2seq-", suffix=".traceback", delete=False,
+                                     encoding="utf-8") as f:
+        f.write(traceback.format_exc())
+    return f.name

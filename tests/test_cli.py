@@ -207,3 +207,30 @@ def test_make_translate_takes_the_languages_from_the_configs_data_files(config, 
     assert f"--input data/multi30k/test_2016_flickr.{source} " in line
     assert f"--output runs/{config}/test_2016_flickr.{target}.hyp " in line
     assert f"--reference data/multi30k/test_2016_flickr.{target}" in line
+
+
+def test_an_unexpected_exception_is_one_error_line_and_its_traceback_goes_to_the_log(tmp_path, capsys):
+    import logging
+
+    from seq2seq.errors import run_cli
+    from seq2seq.training import log, setup_logging
+
+    def fails(argv):
+        raise RuntimeError("{{function_node __wrapped__Op_device_/job:worker}} it broke\nmore detail")
+
+    setup_logging(str(tmp_path / "train.log"))
+    try:
+        assert run_cli(fails, []) == 1
+    finally:
+        setup_logging()
+    err = capsys.readouterr().err
+    assert err == f"error: RuntimeError: it broke (traceback in {tmp_path / 'train.log'})\n"
+    logged = (tmp_path / "train.log").read_text(encoding="utf-8")
+    assert "Traceback (most recent call last)" in logged and "more detail" in logged
+    # Without a log file, the traceback goes to a file of its own.
+    assert not any(isinstance(h, logging.FileHandler) for h in log.handlers)
+    assert run_cli(fails, []) == 1
+    path = capsys.readouterr().err.rsplit("(traceback in ", 1)[1].rstrip(")\n")
+    with open(path, encoding="utf-8") as f:
+        assert "RuntimeError" in f.read()
+    os.remove(path)

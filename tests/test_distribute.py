@@ -195,3 +195,32 @@ def test_bfloat16_output_layer_trains_the_toy_task_in_training_and_search(toy_da
     assert model.decoder.combine.compute_dtype == "float32"
     single, bfloat16 = _exact_match(trained_toy, toy_data), _exact_match(model_dir, toy_data)
     assert bfloat16 >= 0.9 and abs(bfloat16 - single) <= 0.05, (single, bfloat16)
+
+
+def test_a_worker_that_fails_ends_every_worker_with_one_error_line(toy_data, tmp_path):
+    # The chief cannot write its learning curves (a directory has the file's name): it fails at
+    # the first validation, and the other worker loses it in the next collective.
+    values = toy_config(toy_data, **{"training.max_steps": 300, "training.validate_every": 100})
+    config = write_yaml(tmp_path / "config.yaml", values)
+    model_dir = tmp_path / "model"
+    (model_dir / "learning_curves.png").mkdir(parents=True)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    workers = [subprocess.Popen(
+        [sys.executable, "train.py", "--config", config, "--model-dir", str(model_dir),
+         "--set", "training.distribution=multi_worker"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster,
+                                                               "task": {"type": "worker", "index": index}})})
+        for index in range(2)]
+    outputs = [worker.communicate(timeout=600)[1] for worker in workers]
+    for worker, stderr in zip(workers, outputs):
+        assert worker.returncode == 1, stderr
+        assert "Traceback" not in stderr and "function_node" not in stderr, stderr
+        errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1, stderr
+    assert outputs[0].splitlines()[-1] == (f"error: IsADirectoryError: [Errno 21] Is a directory: "
+                                           f"'{model_dir}/learning_curves.png.tmp.png' -> "
+                                           f"'{model_dir}/learning_curves.png' (traceback in {model_dir}/train.log)")
+    with open(model_dir / "train.log", encoding="utf-8") as f:
+        assert "Traceback (most recent call last)" in f.read()
+    assert outputs[1].splitlines()[-1].startswith("error: UnavailableError: ")
+    assert re.search(r"\(traceback in .*seq2seq-.*\.traceback\)$", outputs[1].splitlines()[-1])
