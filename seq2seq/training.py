@@ -192,6 +192,56 @@ class Progress:
             sys.stderr.flush()
 
 
+class DivergenceGuard:
+    """Stops a training whose loss is not finite, or stays far above a uniform guess's.
+
+    A model that gives every one of the V target subwords the same probability scores ln V, so
+    a mean training loss above ``2 ln V`` for ``intervals`` log intervals in a row (or at a
+    moment a checkpoint would be written) means the weights have blown up: training stops with
+    the step, the loss and a remedy, before anything diverged is saved.
+    """
+
+    def __init__(self, target_vocab_size, log_every, last_checkpoint, intervals=3):
+        """``last_checkpoint()``: the step of the last checkpoint saved, or None (for the message)."""
+        self.vocab_size, self.log_every, self.intervals = target_vocab_size, log_every, intervals
+        self.last_checkpoint = last_checkpoint
+        self.ceiling = 2 * math.log(target_vocab_size)
+        self.loss_sum, self.tokens, self.last_mean, self.high, self.high_since = 0.0, 0, None, 0, None
+
+    def update(self, step, loss, tokens):
+        """Takes one step's mean token loss and token count; raises UserError if training diverged."""
+        if not math.isfinite(loss):
+            self._fail(step, f"the loss is {loss}")
+        self.loss_sum += loss * tokens
+        self.tokens += tokens
+        if step % self.log_every == 0:
+            self.last_mean = self.loss_sum / max(self.tokens, 1)
+            self.loss_sum, self.tokens = 0.0, 0
+            if self.last_mean > self.ceiling:
+                self.high += 1
+                self.high_since = self.high_since if self.high_since is not None else step - self.log_every
+            else:
+                self.high, self.high_since = 0, None
+            if self.high >= self.intervals:
+                self._fail(step, self._above(self.last_mean, f"from step {self.high_since} to {step}"))
+
+    def check_before_saving(self, step):
+        """Raises UserError if the loss since the last log line (or of the last interval) is too high."""
+        mean = self.loss_sum / self.tokens if self.tokens else self.last_mean
+        if mean is not None and mean > self.ceiling:
+            self._fail(step, self._above(mean, "when a checkpoint was due"))
+
+    def _above(self, mean, when):
+        return (f"the mean loss is {mean:.4g}, above 2 ln V = {self.ceiling:.2f} (twice a uniform guess over "
+                f"the {self.vocab_size} target subwords) {when}")
+
+    def _fail(self, step, what):
+        last = self.last_checkpoint()
+        kept = f"the last checkpoint (step {last})" if last is not None else "the start (no checkpoint was saved)"
+        raise UserError(f"training diverged at step {step}: {what}; lower training.learning_rate or "
+                        f"training.clip_norm and re-run to resume from {kept}")
+
+
 class Trainer:
     """Trains ``config`` into ``model_dir``, resuming what is already there."""
 
@@ -324,6 +374,10 @@ class Trainer:
             tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)])
         self.translator = Translator(self.model, self.tokenizer, cfg.translate, cfg.training.validation_beam_size)
 
+    def _last_checkpoint_step(self):
+        path = self.checkpoints.latest_checkpoint
+        return int(path.rsplit("-", 1)[1]) if path else None
+
     @property
     def step(self):
         return int(self.optimizer.iterations.numpy())
@@ -396,6 +450,7 @@ class Trainer:
         """Validation loss and BLEU (``validation_beam_size``, greedy by default); saves the best
         model; decays the learning rate after ``lr_decay_patience`` validations without progress."""
         tcfg = self.config.training
+        self.guard.check_before_saving(self.step)
         started = time.time()
         loss, bleu, chrf = self._evaluate()
         step = self.step
@@ -499,6 +554,7 @@ class Trainer:
         if tcfg.max_steps is not None:
             total_steps = min(total_steps, tcfg.max_steps)
         self._build(total_steps)
+        self.guard = DivergenceGuard(self.tokenizer.target_vocab_size, tcfg.log_every, self._last_checkpoint_step)
         # Every worker resumes from the chief's last checkpoint (a shared file system).
         resumed = tf.train.latest_checkpoint(os.path.join(self.model_dir, md.CHECKPOINTS))
         if resumed:
@@ -564,11 +620,8 @@ class Trainer:
         for source, target in batches:
             loss, tokens = self.train_step(source, target)
             loss = float(loss)
-            if not math.isfinite(loss):
-                raise UserError(f"training diverged at step {self.step}: the loss is {loss}; lower "
-                                "training.learning_rate or training.clip_norm and re-run to resume from "
-                                "the last checkpoint")
             step = self.step
+            self.guard.update(step, loss, int(tokens))
             progress.update(step, epoch, loss, int(tokens))
             self.train_loss[0] += loss * int(tokens)
             self.train_loss[1] += int(tokens)
@@ -584,6 +637,7 @@ class Trainer:
                     return True
             if self.stop_signal is not None:
                 progress.clear()
+                self.guard.check_before_saving(step)
                 path = self.checkpoints.save(checkpoint_number=step)
                 log.info("stopped by signal %d at step %d; saved %s; re-run the same command to resume",
                          self.stop_signal, step, path)
@@ -593,5 +647,6 @@ class Trainer:
         self.epoch.assign_add(1)
         progress.clear()
         log.info("epoch %d done: %s", epoch + 1, stats.describe())
+        self.guard.check_before_saving(self.step)
         self.checkpoints.save(checkpoint_number=self.step)
         return False

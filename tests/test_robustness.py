@@ -129,6 +129,52 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoints(toy_da
         assert np.array_equal(best_before.get_tensor(name), best_after.get_tensor(name))
 
 
+def test_a_loss_far_above_a_uniform_guess_stops_training_before_anything_is_saved(toy_data, tmp_path):
+    # A learning rate far too high without clipping: the loss stays finite but in the hundreds.
+    config = write_yaml(tmp_path / "config.yaml", toy_config(toy_data, **{
+        "training.learning_rate": 30.0, "training.clip_norm": 1e30, "training.log_every": 10,
+        "training.validate_every": 50}))
+    result = run_script("train.py", "--config", config, "--model-dir", str(tmp_path / "model"))
+    assert_one_line_error(result, "training diverged at step 30: the mean loss is",
+                          "above 2 ln V = 7.57 (twice a uniform guess over the 44 target subwords) from step 0 to 30",
+                          "lower training.learning_rate or training.clip_norm",
+                          "resume from the start (no checkpoint was saved)")
+    assert result.returncode == 2
+    assert not os.path.exists(tmp_path / "model" / "checkpoints")
+
+
+def test_a_diverging_loss_when_a_checkpoint_is_due_stops_without_saving(toy_data, tmp_path):
+    import tensorflow as tf
+
+    from seq2seq.training import Trainer
+
+    model_dir = str(tmp_path / "model")
+    values = toy_config(toy_data, **{"training.max_steps": 60, "training.validate_every": 60})
+    Trainer(config_from_dict(values), model_dir).train()
+    before = {folder: sorted(os.listdir(os.path.join(model_dir, folder))) for folder in ("checkpoints", "best")}
+    trainer = Trainer(config_from_dict(values, ["training.max_steps=200", "training.validate_every=80"]), model_dir)
+    real_build = trainer._build
+
+    def build_with_a_diverging_step(total_steps):
+        real_build(total_steps)
+        real_step, calls = trainer.train_step, []
+
+        def train_step(source, target):
+            loss, tokens = real_step(source, target)
+            calls.append(1)
+            return (tf.constant(1e6) if len(calls) >= 5 else loss), tokens
+
+        trainer.train_step = train_step
+
+    trainer._build = build_with_a_diverging_step
+    # Steps 61-80 are fewer than one log interval (100): the validation's checkpoint is refused.
+    with pytest.raises(UserError, match=r"training diverged at step 80: the mean loss is [5-9]\.\d+e\+05, above 2 ln V = "
+                                        r"7\.57 .* when a checkpoint was due; .* resume from the last checkpoint "
+                                        r"\(step 60\)"):
+        trainer.train()
+    assert {folder: sorted(os.listdir(os.path.join(model_dir, folder))) for folder in ("checkpoints", "best")} == before
+
+
 # The child kills itself with SIGKILL at the N-th update of a checkpoint state file: the new
 # checkpoint's files are written but not yet listed (odd N), or the old ones are being deleted
 # (even N) - the moments a checkpoint write is in flight.
