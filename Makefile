@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 
 EXPORT_DIR ?= $(MODEL_DIR)/export
 
-.PHONY: install data train translate export bench bench-quality test lint clean
+.PHONY: install data train translate export bench bench-peer bench-quality test lint clean
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,10 @@ export: install
 # Speed figures (docs/benchmarks.md): ARGS=--quick for a run of under 5 minutes.
 bench: install data
 	$(PY) -m seq2seq.bench --output runs/bench.json $(ARGS)
+
+# This toolkit and JoeyNMT side by side, in turns (sets JoeyNMT up in runs/peer first; about 30 minutes).
+bench-peer: install data
+	$(PY) -m seq2seq.bench --peer joeynmt --output runs/bench-peer.json $(ARGS)
 
 # BLEU and chrF of the shipped configs on test_2016_flickr, training them first if needed (hours).
 bench-quality: install data

@@ -3,6 +3,7 @@
     python -m seq2seq.bench [--quick] [--output bench.json] [--model DIR] [--repeats N]
     python -m seq2seq.bench --quality [--output quality.json]
     python -m seq2seq.bench --profile [--quick] [--output profile.json]
+    python -m seq2seq.bench --peer joeynmt [--repeats N] [--output peer.json]
 
 Speed (the default) measures, each in its own process (so that its peak memory is its own):
 
@@ -22,6 +23,9 @@ instead the model its short training run leaves, and runs everything once.
 Quality (``--quality``) trains each shipped config if its model directory has no finished
 run (``train.py`` resumes, so a finished run costs nothing), translates test_2016_flickr with
 the config's beam size and prints BLEU and chrF with sacreBLEU's signatures.
+
+Side by side (``--peer joeynmt``) trains and translates with this toolkit and JoeyNMT in
+turns on the same machine (see ``seq2seq/peer.py``).
 
 Profile (``--profile``) times the parts of the reference config's training step (see
 ``seq2seq/profiling.py``).
@@ -56,6 +60,7 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="a run of under 5 minutes, each figure measured once")
     parser.add_argument("--quality", action="store_true", help="BLEU and chrF of the shipped configs instead")
     parser.add_argument("--profile", action="store_true", help="where a training step's time goes instead")
+    parser.add_argument("--peer", choices=["joeynmt"], help="this toolkit and JoeyNMT side by side instead")
     parser.add_argument("--output", help="write the figures to this JSON file")
     parser.add_argument("--model", default="runs/bench_gru256",
                         help="trained de→en model for the translation figures (default runs/bench_gru256)")
@@ -301,6 +306,10 @@ def main(argv=None):
 
     if args.quality:
         results = quality(log)
+    elif args.peer:
+        from seq2seq.peer import peer_bench
+
+        results = peer_bench(args.repeats or 3, log)
     elif args.profile:
         from seq2seq.profiling import print_profile, profile_step
         from seq2seq.runtime import import_tensorflow
