@@ -47,9 +47,8 @@ class ModelConfig:
     dropout: float = 0.3
     # attention_input: on the embeddings, between stacked recurrent layers and on the attentional
     # layer's input [h; context] (JoeyNMT's placement); all_outputs: on the embeddings, after every
-    # recurrent layer (the top ones too) and on the attentional vector before the output layer
-    # (the placement before 2026-11-22). attention_input learns faster (Multi30k, 12 epochs: +1.3
-    # val BLEU); after 30-45 epochs both end level (docs/benchmarks.md).
+    # recurrent layer (the top ones too) and on the attentional vector before the output layer.
+    # attention_input learns faster; the comparison is in docs/benchmarks.md.
     dropout_placement: str = "attention_input"
     embedding_stddev: float = 1.0  # embeddings start N(0, stddev²)
     bridge: str = "mean"  # the decoder's initial state from the encoder outputs' mean | last states

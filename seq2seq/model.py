@@ -12,15 +12,17 @@ and, with input feeding, the next step's input) and Bahdanau et al. (2015, §A.1
 scoring function, ``score(q, k) = vᵀ tanh(W₁ q + W₂ k)``. It is the architecture of JoeyNMT's
 recurrent decoder.
 
-Without input feeding every recurrent layer runs as one Keras RNN layer over the whole
-sequence (the fused cuDNN kernel on GPU). With input feeding the decoder runs step by step,
-through the same cells and the same step function that search uses (training embeds all the
-steps' input tokens before the loop).
+The recurrent layers are Keras's (they own the weights); ``seq2seq.recurrent`` runs them with
+each layer's input projection computed for all time steps before the time loop, and both
+directions of the bidirectional encoder in one loop. With input feeding the decoder runs step
+by step, through the same step function that search uses; training embeds all the steps'
+input tokens, and projects them for the first recurrent layer, before the loop.
 """
 
 import keras
 import tensorflow as tf
 
+from seq2seq import recurrent
 from seq2seq.tokenizer import PAD_ID
 
 _RNN_LAYERS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM, "rnn": keras.layers.SimpleRNN}
@@ -33,7 +35,7 @@ def _rnn_layer(cell, units, name):
 def _embedding(vocab_size, embedding_dim, mask_zero=False, stddev=1.0):
     """An embedding initialized N(0, stddev²). The default N(0, 1): Keras's default (uniform ±0.05)
     feeds the recurrent layers so weak a signal that training stalls near a unigram model for
-    hundreds of steps on Multi30k (training loss 4.75 vs 3.34 after 200 steps)."""
+    hundreds of steps on Multi30k (docs/benchmarks.md, "Why embeddings start N(0, 1)")."""
     return keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=mask_zero, name="embedding",
                                   embeddings_initializer=keras.initializers.RandomNormal(stddev=stddev))
 
@@ -127,6 +129,22 @@ class Encoder(keras.layers.Layer):
     def output_dim(self):
         return self.units * (2 if self.bidirectional else 1)
 
+    def build(self, source_shape):
+        self.embedding.build(source_shape)
+        features = self.embedding_dim
+        for rnn in self.rnns:
+            rnn.build((None, None, features))
+            features = self.output_dim
+        self.built = True
+
+    def _run_rnn(self, rnn, x, mask):
+        """One (bidirectional) layer over the sequence: x [batch, src_len, features] -> [batch,
+        src_len, output_dim], both directions in one time loop."""
+        if self.bidirectional:
+            cells = [rnn.forward_layer.cell, rnn.backward_layer.cell]
+            return recurrent.run(cells, [recurrent.project_inputs(cell, x) for cell in cells], mask)[0]
+        return recurrent.run(rnn.cell, recurrent.project_inputs(rnn.cell, x), mask)[0]
+
     def call(self, source, training=False):
         """Encodes source ids.
 
@@ -139,7 +157,7 @@ class Encoder(keras.layers.Layer):
         mask = tf.not_equal(source, PAD_ID)
         x = self.dropouts[0](self.embedding(source), training=training)
         for i, (rnn, dropout) in enumerate(zip(self.rnns, self.dropouts[1:])):
-            x = rnn(x, mask=mask, training=training)
+            x = self._run_rnn(rnn, x, mask)
             if _drops_after(i, self.num_layers, self.dropout_placement):
                 x = dropout(x, training=training)
         x = x * tf.cast(mask, x.dtype)[:, :, None]
@@ -257,20 +275,38 @@ class Decoder(keras.layers.Layer):
           state: the new decoder state.
           weights: float [batch, src_len], the attention over the source.
         """
-        return self._step_embedded(self._embed(token, training), state, memory, training)
+        return self._step_projected(self._project_embedded(self._embed(token, training)), state, memory, training)
 
     def _embed(self, tokens, training):
         """int32 [...] -> the embeddings after dropout, float [..., embedding_dim]."""
         return self.dropouts[0](self.embedding(tokens), training=training)
 
-    def _step_embedded(self, x, state, memory, training):
-        """``step`` from the embedded token x [batch, embedding_dim]."""
+    def _project_embedded(self, embedded):
+        """The embeddings' share of the first recurrent layer's input projection (its bias
+        included): float [..., embedding_dim] -> [..., gates * units]."""
+        cell = self.rnns[0].cell
+        return recurrent.project_inputs(cell, embedded, cell.kernel[: self.embedding_dim])
+
+    def _feed_kernel(self, dtype):
+        """The rows of the first recurrent layer's input kernel that the input feed meets:
+        float [units, gates * units], or None without input feeding."""
+        if not self.input_feeding:
+            return None
+        return tf.cast(self.rnns[0].cell.kernel[self.embedding_dim:], dtype)
+
+    def _step_projected(self, projected, state, memory, training, feed_kernel=None):
+        """``step`` from the embedded token's projection [batch, gates * units] (``_project_embedded``).
+        ``feed_kernel``: ``_feed_kernel()``, computed once outside a time loop."""
         if self.input_feeding:
-            x = tf.concat([x, state["feed"]], axis=-1)
+            if feed_kernel is None:
+                feed_kernel = self._feed_kernel(projected.dtype)
+            projected += tf.matmul(state["feed"], feed_kernel)
         new_rnn_state = []
         for i, (rnn, layer_state) in enumerate(zip(self.rnns, state["rnn"])):
-            x, cell_state = rnn.cell(x, list(layer_state), training=training)
-            new_rnn_state.append(list(cell_state))
+            if i > 0:
+                projected = recurrent.project_inputs(rnn.cell, x)
+            x, cell_state = recurrent.cell_step(rnn.cell, projected, list(layer_state))
+            new_rnn_state.append(cell_state)
             x = self._rnn_dropout(i, x, training)
         attentional, weights = self._attend(x[:, None, :], memory, training)
         attentional, weights = attentional[:, 0], weights[:, 0]
@@ -287,27 +323,29 @@ class Decoder(keras.layers.Layer):
           attentional: float [batch, tgt_len, units].
           weights: float [batch, tgt_len, src_len].
         """
+        projected = self._project_embedded(self._embed(target_in, training))  # [batch, tgt_len, gates * units]
         if self.input_feeding:
-            return self._call_stepwise(target_in, state, memory, training)
-        x = self._embed(target_in, training)
+            return self._call_stepwise(projected, state, memory, training)
         for i, (rnn, layer_state) in enumerate(zip(self.rnns, state["rnn"])):
-            x, *_ = rnn(x, initial_state=list(layer_state), training=training)
+            if i > 0:
+                projected = recurrent.project_inputs(rnn.cell, x)
+            x, _ = recurrent.run(rnn.cell, projected, initial_states=list(layer_state))
             x = self._rnn_dropout(i, x, training)
         return self._attend(x, memory, training)
 
-    def _call_stepwise(self, target_in, state, memory, training):
-        # Every step's embedding is looked up (and dropped out) before the loop and read from a
-        # TensorArray: in the loop, the backward pass of a lookup, or of a slice of a tensor from
-        # outside the loop, makes a dense gradient of that whole tensor at every step (the
-        # embedding table's for the lookup), summed over the steps.
-        steps = tf.shape(target_in)[1]
-        embedded = self._embed(target_in, training)
-        inputs = tf.TensorArray(embedded.dtype, size=steps).unstack(tf.transpose(embedded, [1, 0, 2]))
+    def _call_stepwise(self, projected, state, memory, training):
+        # The embeddings and their share of the first layer's input projection are computed
+        # for every step before the loop and read from a TensorArray: in the loop, the
+        # backward pass of a lookup, or of a slice of a tensor from outside the loop, makes a
+        # dense gradient of that whole tensor at every step, summed over the steps.
+        steps = tf.shape(projected)[1]
+        inputs = tf.TensorArray(projected.dtype, size=steps).unstack(tf.transpose(projected, [1, 0, 2]))
+        feed_kernel = self._feed_kernel(projected.dtype)
         outputs = tf.TensorArray(self.compute_dtype, size=steps)
         weights = tf.TensorArray(self.compute_dtype, size=steps)
 
         def body(t, state, outputs, weights):
-            attentional, state, w = self._step_embedded(inputs.read(t), state, memory, training)
+            attentional, state, w = self._step_projected(inputs.read(t), state, memory, training, feed_kernel)
             return t + 1, state, outputs.write(t, attentional), weights.write(t, w)
 
         _, _, outputs, weights = tf.while_loop(

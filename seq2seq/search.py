@@ -75,8 +75,8 @@ def best_tokens(logits, k, block=BLOCK):
     """The k most probable tokens of each row and their log-probabilities.
 
     The same as ``tf.math.top_k(tf.nn.log_softmax(logits), k)`` up to rounding, but faster for a
-    wide vocabulary: TensorFlow's CPU top-k scans every element of a row through its heap (3.6 ms
-    for 320 rows of 8,000, against 0.9 ms here; docs/benchmarks.md). Here each row is cut into
+    wide vocabulary: TensorFlow's CPU top-k scans every element of a row through its heap
+    (docs/benchmarks.md has the timings). Here each row is cut into
     blocks of ``block`` logits; the k largest logits lie in the k blocks with the largest maxima
     (every other block's maximum is at most theirs), so only those k × block logits are searched.
     Only the k chosen logits are normalized (one log-sum-exp a row, shifted by the blocks' maximum).

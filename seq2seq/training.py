@@ -107,8 +107,7 @@ class FusedAdam(keras.optimizers.Adam):
 
     The same update, ``m ← β₁m + (1-β₁)g``, ``v ← β₂v + (1-β₂)g²``, ``w ← w - α m / (√v + ε)``
     with ``α = lr √(1-β₂ᵗ) / (1-β₁ᵗ)``, in one pass over the variable, its gradient and its two
-    moments instead of Keras's six: on this CPU, clipping and updating the reference model's 8
-    million weights take 9.7 instead of 15.2 ms a step (docs/benchmarks.md, optimization 7).
+    moments instead of Keras's six element-wise passes (docs/benchmarks.md, optimization 7).
     The moments are Keras's own variables, so checkpoints do not change. Sparse gradients and
     AMSGrad go through Keras's update.
     """

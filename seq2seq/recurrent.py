@@ -1,0 +1,156 @@
+"""Recurrent layers with the input projection out of the time loop.
+
+Keras's GRU, LSTM and SimpleRNN cells multiply each step's input by their input kernel inside
+the time loop (on a CPU, where no cuDNN kernel runs the whole sequence). In a ``tf.while_loop``
+that is one small matmul a step forward and two backward, plus a full-size gradient of the
+kernel summed over the steps. Here the input projection of every time step is one matmul
+before the loop, and the loop computes only what depends on the previous state: the
+recurrent matmul and the gates.
+
+Keras's layers and cells still own the weights (so checkpoints and ``get_config`` are
+Keras's); these functions compute with them, with the same formulas as Keras's cells
+(``implementation=2``, GRU with ``reset_after=True``), which a test checks.
+
+Both directions of a bidirectional layer run in the same loop: their states are stacked on a
+leading axis of size 2 and multiplied by their stacked recurrent kernels in one batched matmul,
+the backward direction reading the time steps in reverse.
+"""
+
+import tensorflow as tf
+
+_KINDS = {"GRUCell": "gru", "LSTMCell": "lstm", "SimpleRNNCell": "rnn"}
+
+
+def cell_kind(cell):
+    """'gru', 'lstm' or 'rnn' for a Keras cell with the defaults this package builds it with."""
+    kind = _KINDS[type(cell).__name__]
+    if kind == "gru" and not cell.reset_after:
+        raise ValueError("GRU cells with reset_after=False are not supported")
+    if not cell.use_bias:
+        raise ValueError("recurrent cells without bias are not supported")
+    return kind
+
+
+def input_bias(cell):
+    """The bias added to the input projection: float [gates * units]."""
+    return cell.bias[0] if cell_kind(cell) == "gru" else cell.bias
+
+
+def recurrent_bias(cell):
+    """The bias added to the recurrent projection (GRU only, else None): float [3 * units]."""
+    return cell.bias[1] if cell_kind(cell) == "gru" else None
+
+
+def project_inputs(cell, inputs, kernel=None):
+    """The input projection of any number of steps at once.
+
+    Args:
+      cell: a Keras GRU, LSTM or SimpleRNN cell.
+      inputs: float [..., input_dim].
+      kernel: the rows of ``cell.kernel`` that ``inputs`` meets (default all): float
+        [input_dim, gates * units].
+    Returns:
+      float [..., gates * units]: ``inputs @ kernel + bias`` (the input bias).
+    """
+    kernel = cell.kernel if kernel is None else kernel
+    kernel = tf.cast(kernel, inputs.dtype)
+    return tf.tensordot(inputs, kernel, 1) + tf.cast(input_bias(cell), inputs.dtype)
+
+
+def step(kind, projected, states, kernel, bias=None):
+    """One step of the recurrence from the step's projected input.
+
+    Args:
+      kind: 'gru', 'lstm' or 'rnn'.
+      projected: float [..., batch, gates * units], from ``project_inputs``.
+      states: list of float [..., batch, units]: [h], or [h, c] for LSTM.
+      kernel: the recurrent kernel, float [..., units, gates * units] (leading axes as the states').
+      bias: the GRU's recurrent bias, float [..., 1, 3 * units] or [3 * units]; else None.
+    Returns:
+      output: float [..., batch, units], the new h.
+      states: the new states.
+    """
+    h = states[0]
+    inner = tf.matmul(h, kernel)
+    if kind == "gru":
+        inner += bias
+        x_z, x_r, x_h = tf.split(projected, 3, axis=-1)
+        r_z, r_r, r_h = tf.split(inner, 3, axis=-1)
+        z = tf.sigmoid(x_z + r_z)
+        candidate = tf.tanh(x_h + tf.sigmoid(x_r + r_r) * r_h)
+        h = z * h + (1 - z) * candidate
+        return h, [h]
+    if kind == "lstm":
+        i, f, c, o = tf.split(projected + inner, 4, axis=-1)
+        c = tf.sigmoid(f) * states[1] + tf.sigmoid(i) * tf.tanh(c)
+        h = tf.sigmoid(o) * tf.tanh(c)
+        return h, [h, c]
+    h = tf.tanh(projected + inner)
+    return h, [h]
+
+
+def cell_step(cell, projected, states):
+    """``step`` with one cell's own recurrent weights: projected [batch, gates * units]."""
+    kind = cell_kind(cell)
+    dtype = projected.dtype
+    bias = recurrent_bias(cell)
+    return step(kind, projected, states, tf.cast(cell.recurrent_kernel, dtype),
+                None if bias is None else tf.cast(bias, dtype))
+
+
+def _time_major(x):
+    return tf.transpose(x, [1, 0] + list(range(2, x.shape.rank)))
+
+
+def run(cells, projected, mask=None, initial_states=None):
+    """Runs one or two directions of a recurrent layer over a whole sequence.
+
+    Args:
+      cells: one cell, or two (forward, backward) of the same kind and size.
+      projected: float [batch, time, gates * units], the input projection of each cell
+        (a list of two for two cells).
+      mask: bool [batch, time], False at padding, where a state does not change; None: no padding.
+      initial_states: one cell's initial states, a list of float [batch, units] ([h], or [h, c]
+        for LSTM); default zeros (always zeros for two cells).
+    Returns:
+      outputs: float [batch, time, units], or [batch, time, 2 * units] for two cells (forward,
+        then backward outputs, each at its own time step); undefined at padding.
+      states: one cell's last states (as ``initial_states``); None for two cells.
+    """
+    two = isinstance(cells, (list, tuple))
+    cells = list(cells) if two else [cells]
+    projected = list(projected) if two else [projected]
+    kind, dtype, units = cell_kind(cells[0]), projected[0].dtype, cells[0].units
+    # [time, directions, batch, ...]; the backward direction reads the steps in reverse.
+    inputs = [_time_major(projected[0])] + ([tf.reverse(_time_major(projected[1]), [0])] if two else [])
+    inputs = tf.stack(inputs, 1)
+    if mask is None:
+        mask = tf.ones(tf.shape(projected[0])[:2], tf.bool)
+    masks = [_time_major(mask)] + ([tf.reverse(_time_major(mask), [0])] if two else [])
+    masks = tf.stack(masks, 1)[..., None]
+    kernel = tf.stack([tf.cast(c.recurrent_kernel, dtype) for c in cells])  # [directions, units, gates * units]
+    bias = None
+    if kind == "gru":
+        bias = tf.stack([tf.cast(recurrent_bias(c), dtype) for c in cells])[:, None, :]
+    steps = tf.shape(inputs)[0]
+    if initial_states is None:
+        zeros = tf.zeros(tf.concat([tf.shape(inputs)[1:3], [units]], 0), dtype)
+        states = [zeros, zeros] if kind == "lstm" else [zeros]
+    else:
+        states = [tf.cast(s, dtype)[None] for s in initial_states]
+    input_array = tf.TensorArray(dtype, size=steps).unstack(inputs)
+    mask_array = tf.TensorArray(tf.bool, size=steps).unstack(masks)
+    outputs = tf.TensorArray(dtype, size=steps)
+
+    def body(t, states, outputs):
+        keep = mask_array.read(t)
+        output, new_states = step(kind, input_array.read(t), states, kernel, bias)
+        states = [tf.where(keep, new, old) for new, old in zip(new_states, states)]
+        return t + 1, states, outputs.write(t, output)
+
+    _, states, outputs = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), states, outputs))
+    outputs = outputs.stack()  # [time, directions, batch, units]
+    forward = _time_major(outputs[:, 0])
+    if not two:
+        return forward, [s[0] for s in states]
+    return tf.concat([forward, _time_major(tf.reverse(outputs[:, 1], [0]))], axis=-1), None
