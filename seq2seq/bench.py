@@ -8,9 +8,10 @@
 Speed (the default) measures, each in its own process (so that its peak memory is its own):
 
 - training: ``train.py`` on the reference config (``configs/bench_gru256.yaml``) for a few
-  hundred steps; target tokens per second is the median of the progress lines after the first
-  ``WARMUP_STEPS`` steps (tracing, first batches), as ``train.log`` reports them;
-- translation: ``translate.py --verbose`` on test_2016_flickr de→en (1,000 lines), greedy and
+  hundred steps; target tokens per second is the median of the log intervals after the first
+  ``WARMUP_STEPS`` steps (tracing, first batches), as the model directory's ``training.jsonl``
+  records them;
+- translation: ``translate.py --metrics`` on test_2016_flickr de→en (1,000 lines), greedy and
   beam 5, default batch size; sentences per second after start-up (model loaded, search
   compiled), and wall time including start-up, also for 4,000 lines (the test set 4 times);
 - the SavedModel (``python -m seq2seq.export``) translating the same lines with beam 5, in
@@ -36,7 +37,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -50,9 +50,6 @@ QUALITY_CONFIGS = ("configs/multi30k_de_en.yaml", "configs/multi30k_en_de.yaml",
 WARMUP_STEPS = 100
 BATCH_SIZE = 64
 
-_PROGRESS = re.compile(r"step (\d+)/\d+ \| epoch \d+ \| loss [\d.]+ \| ([\d,]+) tok/s")
-_TRANSLATED = re.compile(r"translated (\d+) lines in ([\d.]+) s \(([\d.]+) lines/s")
-_BLEU = re.compile(r"^(BLEU|chrF2)\|\S* = ([\d.]+)", re.M)
 
 
 def parse_args(argv):
@@ -106,6 +103,18 @@ def has_checkpoint(model_dir):
     return any(os.path.isfile(os.path.join(model_dir, folder, "checkpoint")) for folder in ("best", "checkpoints"))
 
 
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def steady_rates(model_dir):
+    """The target tokens/s of the training history's log lines after ``WARMUP_STEPS``."""
+    from seq2seq.model_dir import TRAINING_HISTORY, read_history
+
+    return [r["target_tokens_per_sec"] for r in read_history(model_dir, TRAINING_HISTORY) if r["step"] > WARMUP_STEPS]
+
+
 def median(values):
     return round(statistics.median(values), 1)
 
@@ -128,13 +137,13 @@ class SpeedBench:
     def training(self):
         model_dir = os.path.join(self.work, "train")
         self.log(f"training figure: {REFERENCE_CONFIG}, {self.train_steps} steps")
-        _, stderr, wall, rss = run_measured(self.command(
+        _, _, wall, rss = run_measured(self.command(
             "train.py", "--config", REFERENCE_CONFIG, "--model-dir", model_dir,
             "--set", f"training.max_steps={self.train_steps}", "--set", "training.validate_every=1000000",
             "--set", "training.log_every=50"))
-        rates = [int(rate.replace(",", "")) for step, rate in _PROGRESS.findall(stderr) if int(step) > WARMUP_STEPS]
+        rates = steady_rates(model_dir)
         if not rates:
-            raise RuntimeError(f"no progress lines after step {WARMUP_STEPS} in the training output")
+            raise RuntimeError(f"no training figures after step {WARMUP_STEPS} in {model_dir}/training.jsonl")
         self.results.update(train_target_tokens_per_sec=median(rates), train_peak_rss_mb=round(rss),
                             train_steps=self.train_steps, train_wall_sec=round(wall, 1))
         return model_dir
@@ -159,16 +168,18 @@ class SpeedBench:
             speeds, walls = [], []
             for _ in range(self.repeats):
                 self.log(f"translation figure: beam {beam}")
-                _, stderr, wall, peak = run_measured(self.command(
+                metrics = os.path.join(self.work, f"metrics.{name}.json")
+                _, _, wall, peak = run_measured(self.command(
                     "translate.py", "--model", model_dir, "--input", TEST_SOURCE, "--reference", TEST_TARGET,
-                    "--output", os.path.join(self.work, f"hyp.{name}"), "--beam-size", str(beam), "--verbose"))
-                speeds.append(float(_TRANSLATED.search(stderr).group(3)))
+                    "--output", os.path.join(self.work, f"hyp.{name}"), "--beam-size", str(beam),
+                    "--metrics", metrics))
+                figures = read_json(metrics)
+                speeds.append(figures["lines_per_sec"])
                 walls.append(wall)
                 rss.append(peak)
-            scores = dict(_BLEU.findall(stderr))
             self.results[f"translate_{name}_sentences_per_sec"] = median(speeds)
             self.results[f"translate_{name}_wall_sec"] = median(walls)
-            self.results[f"translate_{name}_bleu"] = float(scores["BLEU"])
+            self.results[f"translate_{name}_bleu"] = figures["bleu"]
         walls = []
         for _ in range(self.repeats):
             self.log("translation figure: 4,000 lines, beam 5")
@@ -270,15 +281,15 @@ def quality(log):
         _, _, train_wall, _ = run_measured([sys.executable, "train.py", "--config", config_path, "--model-dir",
                                             model_dir])
         log(f"{name}: translating test_2016_flickr")
-        _, stderr, _, _ = run_measured([
+        metrics = os.path.join(model_dir, f"test_2016_flickr{target_lang}.json")
+        run_measured([
             sys.executable, "translate.py", "--model", model_dir,
             "--input", f"data/multi30k/test_2016_flickr{source_lang}",
             "--reference", f"data/multi30k/test_2016_flickr{target_lang}",
-            "--output", os.path.join(model_dir, f"test_2016_flickr{target_lang}.hyp")])
-        signatures = [line for line in stderr.splitlines() if line.startswith(("BLEU", "chrF2"))]
-        scores = dict(_BLEU.findall(stderr))
+            "--output", os.path.join(model_dir, f"test_2016_flickr{target_lang}.hyp"), "--metrics", metrics])
+        figures = read_json(metrics)
         results[name] = {"direction": f"{source_lang[1:]}→{target_lang[1:]}", "beam_size": config.translate.beam_size,
-                         "bleu": float(scores["BLEU"]), "chrf": float(scores["chrF2"]), "signatures": signatures,
+                         "bleu": figures["bleu"], "chrf": figures["chrf"], "signatures": figures["signatures"],
                          "train_command_wall_sec": round(train_wall, 1)}
     print("| config | direction | beam | BLEU | chrF |\n| --- | --- | --- | --- | --- |")
     for name, r in results.items():
@@ -294,10 +305,10 @@ def main(argv=None):
     if args.savedmodel_worker:
         savedmodel_worker(*args.savedmodel_worker)
         return 0
+    from seq2seq.cli import require
     from seq2seq.errors import UserError
 
-    if args.repeats is not None and args.repeats < 1:
-        raise UserError(f"--repeats must be positive, got {args.repeats}")
+    require(args, positive=("repeats",))
     if args.train_steps is not None and args.train_steps <= WARMUP_STEPS:
         raise UserError(f"--train-steps must be more than the {WARMUP_STEPS} warm-up steps, got {args.train_steps}")
     for path in (REFERENCE_CONFIG, TEST_SOURCE, TEST_TARGET):

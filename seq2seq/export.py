@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 
+from seq2seq.cli import require
 from seq2seq.errors import UserError, run_cli
 from seq2seq.model_dir import read_model_config
 from seq2seq.runtime import import_tensorflow
@@ -151,14 +152,7 @@ def export(model_dir, output, version=1, beam_size=None, length_penalty=None, ma
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.version < 0:
-        raise UserError(f"--version must be a non-negative integer, got {args.version}")
-    if args.beam_size is not None and args.beam_size < 1:
-        raise UserError(f"--beam-size must be positive, got {args.beam_size}")
-    if args.length_penalty is not None and args.length_penalty < 0:
-        raise UserError(f"--length-penalty must be non-negative, got {args.length_penalty}")
-    if args.max_length_ratio is not None and args.max_length_ratio <= 0:
-        raise UserError(f"--max-length-ratio must be positive, got {args.max_length_ratio}")
+    require(args, positive=("beam_size", "max_length_ratio"), non_negative=("version", "length_penalty"))
     path = export(args.model, args.output, args.version, args.beam_size, args.length_penalty,
                   args.max_length_ratio, args.overwrite)
     print(f"exported {args.model} to {path} (signature {SIGNATURE}: text -> translation, score)", file=sys.stderr)

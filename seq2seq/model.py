@@ -19,155 +19,18 @@ by step, through the same step function that search uses; training embeds all th
 input tokens, and projects them for the first recurrent layer, before the loop.
 """
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
 from seq2seq import recurrent
-from seq2seq.tokenizer import PAD_ID
+from seq2seq.attention import BahdanauAttention
+from seq2seq.config import ModelConfig
+from seq2seq.encoder import Encoder
+from seq2seq.layers import drops_after, embedding, rnn_layer, track
 
-_RNN_LAYERS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM, "rnn": keras.layers.SimpleRNN}
-
-
-def _rnn_layer(cell, units, name):
-    return _RNN_LAYERS[cell](units, return_sequences=True, return_state=True, name=name)
-
-
-def _embedding(vocab_size, embedding_dim, mask_zero=False, stddev=1.0):
-    """An embedding initialized N(0, stddev²). The default N(0, 1): Keras's default (uniform ±0.05)
-    feeds the recurrent layers so weak a signal that training stalls near a unigram model for
-    hundreds of steps on Multi30k (docs/benchmarks.md, "Why embeddings start N(0, 1)")."""
-    return keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=mask_zero, name="embedding",
-                                  embeddings_initializer=keras.initializers.RandomNormal(stddev=stddev))
-
-
-def _drops_after(layer_index, num_layers, placement):
-    """Whether dropout follows recurrent layer ``layer_index`` of ``num_layers``: always between
-    stacked layers, after the top one only with the ``all_outputs`` placement."""
-    return layer_index < num_layers - 1 or placement == "all_outputs"
-
-
-def _track(layer, name, sublayers):
-    """Sets ``sublayers`` as attributes ``name_0, name_1, ...`` of ``layer`` and returns them as a list.
-
-    TensorFlow checkpoints follow attributes, not Python lists, so every sub-layer held in a
-    list must also be an attribute for its weights to be saved.
-    """
-    for i, sublayer in enumerate(sublayers):
-        setattr(layer, f"{name}_{i}", sublayer)
-    return list(sublayers)
-
-
-class BahdanauAttention(keras.layers.Layer):
-    """Additive attention: ``score(q, k) = vᵀ tanh(W₁ q + W₂ k)`` (Bahdanau et al., 2015, §A.1.2).
-
-    Keys are projected once per source batch (``project_keys``) and reused for every query.
-    """
-
-    def __init__(self, units, **kwargs):
-        super().__init__(**kwargs)
-        self.units = units
-        self.query_projection = keras.layers.Dense(units, use_bias=False, name="query_projection")
-        self.key_projection = keras.layers.Dense(units, use_bias=True, name="key_projection")
-        self.energy = keras.layers.Dense(1, use_bias=False, name="energy")
-
-    def build(self, query_shape, keys_shape=None, values_shape=None, source_mask_shape=None):
-        # project_keys may have built the key projection already.
-        for layer, shape in ((self.query_projection, query_shape), (self.key_projection, values_shape),
-                             (self.energy, (None, self.units))):
-            if not layer.built:
-                layer.build(shape)
-        self.built = True
-
-    def project_keys(self, values):
-        """W₂ k for every source position. values: float [batch, src_len, value_dim] -> [batch, src_len, units]."""
-        return self.key_projection(values)
-
-    def call(self, query, keys, values, source_mask):
-        """Attends ``query`` over the source.
-
-        Args:
-          query: float [batch, tgt_len, query_dim], one query per target position.
-          keys: float [batch, src_len, units], from ``project_keys(values)``.
-          values: float [batch, src_len, value_dim], the encoder outputs.
-          source_mask: bool [batch, src_len], False at source padding.
-        Returns:
-          context: float [batch, tgt_len, value_dim], the weighted sum of ``values``.
-          weights: float [batch, tgt_len, src_len]; each row sums to 1 and is 0 at padding.
-        """
-        projected = self.query_projection(query)  # [batch, tgt_len, units]
-        hidden = tf.tanh(projected[:, :, None, :] + keys[:, None, :, :])  # [batch, tgt_len, src_len, units]
-        scores = tf.squeeze(self.energy(hidden), -1)  # [batch, tgt_len, src_len]
-        scores = tf.where(source_mask[:, None, :], scores, tf.cast(-1e9, scores.dtype))
-        weights = tf.nn.softmax(scores, axis=-1)
-        context = tf.matmul(weights, values)
-        return context, weights
-
-    def get_config(self):
-        return {**super().get_config(), "units": self.units}
-
-
-class Encoder(keras.layers.Layer):
-    """Embedding, dropout, and a stack of (bidirectional) GRU/LSTM/RNN layers with dropout between."""
-
-    def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, bidirectional, dropout,
-                 dropout_placement="attention_input", embedding_stddev=1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
-        self.num_layers, self.cell, self.bidirectional, self.dropout = num_layers, cell, bidirectional, dropout
-        self.dropout_placement, self.embedding_stddev = dropout_placement, embedding_stddev
-        self.embedding = _embedding(vocab_size, embedding_dim, mask_zero=True, stddev=embedding_stddev)
-        rnns = []
-        for i in range(num_layers):
-            layer = _RNN_LAYERS[cell](units, return_sequences=True, name=f"{cell}_{i}")
-            if bidirectional:
-                layer = keras.layers.Bidirectional(layer, merge_mode="concat", name=f"bi_{cell}_{i}")
-            rnns.append(layer)
-        self.rnns = _track(self, "rnn", rnns)
-        self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
-
-    @property
-    def output_dim(self):
-        return self.units * (2 if self.bidirectional else 1)
-
-    def build(self, source_shape):
-        self.embedding.build(source_shape)
-        features = self.embedding_dim
-        for rnn in self.rnns:
-            rnn.build((None, None, features))
-            features = self.output_dim
-        self.built = True
-
-    def _run_rnn(self, rnn, x, mask):
-        """One (bidirectional) layer over the sequence: x [batch, src_len, features] -> [batch,
-        src_len, output_dim], both directions in one time loop."""
-        if self.bidirectional:
-            cells = [rnn.forward_layer.cell, rnn.backward_layer.cell]
-            return recurrent.run(cells, [recurrent.project_inputs(cell, x) for cell in cells], mask)[0]
-        return recurrent.run(rnn.cell, recurrent.project_inputs(rnn.cell, x), mask)[0]
-
-    def call(self, source, training=False):
-        """Encodes source ids.
-
-        Args:
-          source: int32 [batch, src_len], padded with PAD_ID (0).
-        Returns:
-          outputs: float [batch, src_len, output_dim], zero at padding.
-          mask: bool [batch, src_len], False at padding.
-        """
-        mask = tf.not_equal(source, PAD_ID)
-        x = self.dropouts[0](self.embedding(source), training=training)
-        for i, (rnn, dropout) in enumerate(zip(self.rnns, self.dropouts[1:])):
-            x = self._run_rnn(rnn, x, mask)
-            if _drops_after(i, self.num_layers, self.dropout_placement):
-                x = dropout(x, training=training)
-        x = x * tf.cast(mask, x.dtype)[:, :, None]
-        return x, mask
-
-    def get_config(self):
-        return {**super().get_config(), "vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim,
-                "units": self.units, "num_layers": self.num_layers, "cell": self.cell,
-                "bidirectional": self.bidirectional, "dropout": self.dropout,
-                "dropout_placement": self.dropout_placement, "embedding_stddev": self.embedding_stddev}
+__all__ = ["BahdanauAttention", "Decoder", "Encoder", "Seq2Seq", "TiedOutput"]
 
 
 class TiedOutput(keras.layers.Layer):
@@ -216,8 +79,8 @@ class Decoder(keras.layers.Layer):
         self.input_feeding, self.dropout, self.tie_embeddings = input_feeding, dropout, tie_embeddings
         self.dropout_placement, self.embedding_stddev = dropout_placement, embedding_stddev
         self.output_bfloat16 = output_bfloat16
-        self.embedding = _embedding(vocab_size, embedding_dim, stddev=embedding_stddev)
-        self.rnns = _track(self, "rnn", [_rnn_layer(cell, units, f"{cell}_{i}") for i in range(num_layers)])
+        self.embedding = embedding(vocab_size, embedding_dim, stddev=embedding_stddev)
+        self.rnns = track(self, "rnn", [rnn_layer(cell, units, f"{cell}_{i}") for i in range(num_layers)])
         self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
         self.attention = BahdanauAttention(attention_units, name="attention")
         self.combine = keras.layers.Dense(units, activation="tanh", use_bias=False, name="combine")
@@ -244,7 +107,7 @@ class Decoder(keras.layers.Layer):
 
     def _rnn_dropout(self, i, x, training):
         """Dropout after recurrent layer ``i``, where ``model.dropout_placement`` puts it."""
-        if _drops_after(i, self.num_layers, self.dropout_placement):
+        if drops_after(i, self.num_layers, self.dropout_placement):
             x = self.dropouts[i + 1](x, training=training)
         return x
 
@@ -301,7 +164,7 @@ class Decoder(keras.layers.Layer):
             if feed_kernel is None:
                 feed_kernel = self._feed_kernel(projected.dtype)
             projected += tf.matmul(state["feed"], feed_kernel)
-        new_rnn_state = []
+        new_rnn_state, x = [], None  # x: the previous layer's output
         for i, (rnn, layer_state) in enumerate(zip(self.rnns, state["rnn"])):
             if i > 0:
                 projected = recurrent.project_inputs(rnn.cell, x)
@@ -326,6 +189,7 @@ class Decoder(keras.layers.Layer):
         projected = self._project_embedded(self._embed(target_in, training))  # [batch, tgt_len, gates * units]
         if self.input_feeding:
             return self._call_stepwise(projected, state, memory, training)
+        x = None  # the previous layer's output
         for i, (rnn, layer_state) in enumerate(zip(self.rnns, state["rnn"])):
             if i > 0:
                 projected = recurrent.project_inputs(rnn.cell, x)
@@ -365,44 +229,45 @@ class Seq2Seq(keras.Model):
     """Encoder, bridge and decoder. ``call((source, target_in))`` returns logits for training;
     ``encode``, ``initial_state`` and ``decode_step`` are what search uses."""
 
-    def __init__(self, source_vocab_size, target_vocab_size, embedding_dim=256, units=256, encoder_layers=1,
-                 decoder_layers=1, cell="gru", bidirectional=True, attention_units=None, input_feeding=True,
-                 dropout=0.3, tie_embeddings=False, dropout_placement="attention_input", embedding_stddev=1.0,
-                 bridge="mean", output_bfloat16=False, **kwargs):
-        super().__init__(**kwargs)
-        self.settings = dict(
-            source_vocab_size=source_vocab_size, target_vocab_size=target_vocab_size,
-            embedding_dim=embedding_dim, units=units, encoder_layers=encoder_layers,
-            decoder_layers=decoder_layers, cell=cell, bidirectional=bidirectional,
-            attention_units=attention_units, input_feeding=input_feeding, dropout=dropout,
-            tie_embeddings=tie_embeddings, dropout_placement=dropout_placement, embedding_stddev=embedding_stddev,
-            bridge=bridge, output_bfloat16=output_bfloat16)
-        self.cell_type, self.units, self.decoder_layers = cell, units, decoder_layers
-        self.bidirectional, self.bridge_from = bidirectional, bridge
-        self.encoder = Encoder(source_vocab_size, embedding_dim, units, encoder_layers, cell, bidirectional,
-                               dropout, dropout_placement, embedding_stddev, name="encoder")
-        self.decoder = Decoder(target_vocab_size, embedding_dim, units, decoder_layers, cell,
-                               attention_units or units, input_feeding, dropout, tie_embeddings,
-                               dropout_placement, embedding_stddev, output_bfloat16, name="decoder")
+    def __init__(self, source_vocab_size, target_vocab_size, **options):
+        """``options``: the keys of ``ModelConfig`` (seq2seq/config.py documents them and holds
+        their defaults); any other keyword goes to ``keras.Model`` (``name``, ``dtype``, ...)."""
+        defaults = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
+        super().__init__(**{key: options.pop(key) for key in list(options) if key not in defaults})
+        o = {**defaults, **options}
+        if o["attention"] != "bahdanau":
+            raise ValueError(f"unknown attention {o['attention']!r}")
+        self.settings = {"source_vocab_size": source_vocab_size, "target_vocab_size": target_vocab_size, **o}
+        self.cell_type, self.units, self.decoder_layers = o["cell"], o["units"], o["decoder_layers"]
+        self.bidirectional, self.bridge_from = o["bidirectional"], o["bridge"]
+        self.encoder = Encoder(source_vocab_size, o["embedding_dim"], o["units"], o["encoder_layers"], o["cell"],
+                               o["bidirectional"], o["dropout"], o["dropout_placement"], o["embedding_stddev"],
+                               name="encoder")
+        self.decoder = Decoder(target_vocab_size, o["embedding_dim"], o["units"], o["decoder_layers"], o["cell"],
+                               o["attention_units"] or o["units"], o["input_feeding"], o["dropout"],
+                               o["tie_embeddings"], o["dropout_placement"], o["embedding_stddev"],
+                               o["output_bfloat16"], name="decoder")
         # Bridge: each decoder layer's initial h = tanh(W · s), s the mean of the encoder outputs
         # (Nematus) or its last states, forward and backward (JoeyNMT).
-        self.bridge = keras.layers.Dense(units * decoder_layers, activation="tanh", name="bridge")
+        self.bridge = keras.layers.Dense(o["units"] * o["decoder_layers"], activation="tanh", name="bridge")
 
     @classmethod
     def from_config_section(cls, model_config, source_vocab_size, target_vocab_size):
         """Builds the model described by a ``ModelConfig`` and builds its weights."""
-        c = model_config
-        model = cls(source_vocab_size, target_vocab_size, embedding_dim=c.embedding_dim, units=c.units,
-                    encoder_layers=c.encoder_layers, decoder_layers=c.decoder_layers, cell=c.cell,
-                    bidirectional=c.bidirectional, attention_units=c.attention_units,
-                    input_feeding=c.input_feeding, dropout=c.dropout, tie_embeddings=c.tie_embeddings,
-                    dropout_placement=c.dropout_placement, embedding_stddev=c.embedding_stddev, bridge=c.bridge,
-                    output_bfloat16=c.output_bfloat16)
+        model = cls(source_vocab_size, target_vocab_size, **dataclasses.asdict(model_config))
         model.build_weights()
         return model
 
+    def build(self, input_shape=None):
+        """Creates the encoder's, the decoder's and the bridge's weights (any input shape)."""
+        self.encoder.build((None, None))
+        self.decoder.build((None, None), (None, None, self.encoder.output_dim))
+        self.bridge.build((None, self.encoder.output_dim))
+        self.built = True
+
     def build_weights(self):
-        """Creates every weight by running one tiny batch through the model."""
+        """Creates every weight and runs one tiny batch through training's and search's paths."""
+        self.build()
         source = tf.constant([[4, 3]], tf.int32)
         self((source, tf.constant([[2, 4]], tf.int32)))
         memory, state = self.encode(source)
@@ -419,8 +284,6 @@ class Seq2Seq(keras.Model):
           state: the decoder's initial state.
         """
         values, mask = self.encoder(source, training=training)
-        if not self.decoder.built:
-            self.decoder.build(tuple(source.shape), tuple(values.shape))
         memory = {"values": values, "keys": self.decoder.attention.project_keys(values), "mask": mask}
         return memory, self.initial_state(memory)
 

@@ -7,6 +7,7 @@
     DIR/best/                the checkpoint with the best validation BLEU (model weights only)
     DIR/averaging/           the last validated models, for checkpoint averaging (training.average_checkpoints)
     DIR/validation.jsonl     one JSON line per validation
+    DIR/training.jsonl       one JSON line per log line: step, epoch, loss, target tokens/s
     DIR/train.log            the training log
     DIR/tensorboard/         TensorBoard event files
     DIR/learning_curves.png  training loss and validation BLEU against steps
@@ -15,8 +16,8 @@
 import json
 import os
 
-from seq2seq.config import config_from_dict, read_yaml
-from seq2seq.errors import ConfigError, ModelDirError
+from seq2seq.config import config_from_dict, read_yaml, save_config
+from seq2seq.errors import ConfigError, ModelDirError, UserError
 
 FORMAT = 1  # bumped when a model directory written before can no longer be read
 FORMAT_FILE = "format.json"
@@ -26,6 +27,7 @@ BEST = "best"
 AVERAGING = "averaging"
 LEARNING_CURVES = "learning_curves.png"
 VALIDATION_HISTORY = "validation.jsonl"
+TRAINING_HISTORY = "training.jsonl"
 TRAIN_LOG = "train.log"
 TENSORBOARD = "tensorboard"
 
@@ -103,3 +105,37 @@ def load_model(model_dir, prefer_best=True):
         message = str(error).strip().splitlines()[0]
         raise ModelDirError(f"{checkpoint_path}: cannot restore the model ({message})") from None
     return config, tokenizer, model
+
+
+def read_history(model_dir, name=VALIDATION_HISTORY):
+    """A history of the model directory (``VALIDATION_HISTORY`` or ``TRAINING_HISTORY``): a list
+    of dicts, oldest first (a line cut short by a killed run is skipped)."""
+    records = []
+    path = os.path.join(model_dir, name)
+    if not os.path.isfile(path):
+        return records
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def prepare(model_dir, config):
+    """Creates the model directory for training ``config``, or checks that the run it holds was
+    trained with the same ``tokenizer`` and ``model`` sections; saves the config and the format."""
+    os.makedirs(model_dir, exist_ok=True)
+    config_path = os.path.join(model_dir, CONFIG)
+    if os.path.isfile(config_path):
+        check_format(model_dir)
+        saved = config_from_dict(read_yaml(config_path))
+        for section in ("tokenizer", "model"):
+            old, new = getattr(saved, section).__dict__, getattr(config, section).__dict__
+            for key in old:
+                if old[key] != new[key]:
+                    raise UserError(f"{model_dir}: was trained with {section}.{key}={old[key]!r}, not {new[key]!r}; "
+                                    "use another --model-dir to train a different model")
+    save_config(config, config_path)
+    write_format(model_dir)

@@ -27,17 +27,18 @@ import sys
 import tempfile
 import time
 
+from seq2seq.bench import WARMUP_STEPS, steady_rates
+from seq2seq.model_dir import read_history
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_CONFIG = "configs/bench_gru256.yaml"
 DATA = "data/multi30k"
 TEST_SOURCE = f"{DATA}/test_2016_flickr.de"
 JOEYNMT_VENV = os.environ.get("JOEY_VENV", os.path.join(ROOT, "runs", "peer", "joeynmt-venv"))
 JOEYNMT_PACKAGES = ("torch==2.13.0", "joeynmt==2.3.0", "sentencepiece==0.1.99", "importlib_metadata==10.2.0")
-WARMUP_STEPS = 100
 BATCH_SENTENCES = 64
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
 
-_OURS_RATE = re.compile(r"step (\d+)/\d+ \| epoch \d+ \| loss [\d.]+ \| ([\d,]+) tok/s")
 _JOEY_RATE = re.compile(r"Epoch\s+\d+, Step:\s+(\d+), .*Tokens per Sec:\s+(\d+)")
 
 # JoeyNMT's config for the reference architecture (as ../shared/tools/peer_joey.sh of the project's
@@ -175,8 +176,12 @@ class PeerBench:
         translate_wall = _run([sys.executable, "translate.py", "--model", model_dir, "--input", self.test_4000,
                                "--output", hyp, "--beam-size", "5", "--length-penalty", "1.0",
                                "--batch-size", str(BATCH_SENTENCES)], os.path.join(self.work, f"ours{run}.log"))
-        return {"train_tokens_per_sec": _steady_rate(_OURS_RATE, train_log), "epoch_wall_sec": train_wall,
-                "train_steps": _steps(_OURS_RATE, train_log), "translate_4000_wall_sec": translate_wall,
+        rates = steady_rates(model_dir)
+        if not rates:
+            raise RuntimeError(f"{model_dir}: no training figures after step {WARMUP_STEPS}")
+        return {"train_tokens_per_sec": statistics.median(rates), "epoch_wall_sec": train_wall,
+                "train_steps": read_history(model_dir)[-1]["step"],  # the validation at the epoch's end
+                "translate_4000_wall_sec": translate_wall,
                 "output_words": _words(hyp)}
 
     def joeynmt(self, run):
@@ -216,9 +221,12 @@ def summarize(figures):
     medians = {name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
                for name, runs in figures.items()}
     ours, joey = medians["ours"], medians["joeynmt"]
+    for m in (ours, joey):  # the decoding work differs with the output's length: also per output word
+        m["output_words_per_sec"] = m["output_words"] / m["translate_4000_wall_sec"]
     speedup = {"train_tokens_per_sec": ours["train_tokens_per_sec"] / joey["train_tokens_per_sec"],
                "epoch_wall_sec": joey["epoch_wall_sec"] / ours["epoch_wall_sec"],
-               "translate_4000_wall_sec": joey["translate_4000_wall_sec"] / ours["translate_4000_wall_sec"]}
+               "translate_4000_wall_sec": joey["translate_4000_wall_sec"] / ours["translate_4000_wall_sec"],
+               "output_words_per_sec": ours["output_words_per_sec"] / joey["output_words_per_sec"]}
     return {"cpu": cpu(), "repeats": len(figures["ours"]), "runs": figures, "medians": medians, "speedup": speedup}
 
 
@@ -226,6 +234,7 @@ ROWS = (
     ("training, target tokens/s, steady state", "train_tokens_per_sec", "{:,.0f}"),
     ("training, one epoch from an empty model directory, wall s", "epoch_wall_sec", "{:,.1f}"),
     ("beam 5, 4,000 lines, wall s with start-up", "translate_4000_wall_sec", "{:,.1f}"),
+    ("beam 5, output words per wall second (start-up included)", "output_words_per_sec", "{:,.0f}"),
 )
 
 
@@ -238,7 +247,8 @@ def print_table(results):
     for label, key, number in ROWS:
         print(f"| {label} | {number.format(ours[key])} | {number.format(joey[key])} | "
               f"{results['speedup'][key]:.2f}× |")
-    print(f"| training steps in the epoch | {ours['train_steps']:,.0f} | {joey['train_steps']:,.0f} | |")
+    print(f"| training steps in the epoch (JoeyNMT: the last logged) | {ours['train_steps']:,.0f} | "
+          f"{joey['train_steps']:,.0f} | |")
     print(f"| output words, 4,000 lines | {ours['output_words']:,.0f} | {joey['output_words']:,.0f} | |")
 
 

@@ -1,6 +1,5 @@
 """Pictures for a person to look at: attention heatmaps and learning curves (matplotlib, no display needed)."""
 
-import json
 import os
 
 import matplotlib
@@ -40,15 +39,7 @@ def write_learning_curves(model_dir):
     validation loss (left) and validation BLEU (right) against training steps."""
     from seq2seq import model_dir as md
 
-    records = []
-    with open(os.path.join(model_dir, md.VALIDATION_HISTORY), encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line cut short when a run was killed
-                continue
-            if "averaged_steps" not in record:
-                records.append(record)
+    records = [r for r in md.read_history(model_dir) if "averaged_steps" not in r]
     if not records:
         return
     steps = [r["step"] for r in records]

@@ -19,7 +19,7 @@ from seq2seq.config import load_config
 from seq2seq.dataset import decoder_inputs, training_dataset
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import PAD_ID, Tokenizer
-from seq2seq.training import FusedAdam, sequence_loss
+from seq2seq.optimization import FusedAdam, sequence_loss
 
 
 def _dense_loss(model, source, target, label_smoothing):

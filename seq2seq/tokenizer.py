@@ -17,17 +17,21 @@ to predict ``pieces + [EOS]``.
 
 import dataclasses
 import json
+import logging
 import os
 import random
 import re
 import subprocess
 import sys
 import tempfile
+import time
 
 import sentencepiece as spm
 
 from seq2seq.corpus import read_lines
 from seq2seq.errors import ConfigError, ModelDirError, UserError
+
+log = logging.getLogger("seq2seq")
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,6 +149,23 @@ class Tokenizer:
             train_sentencepiece([data_config.train_source], source_path, tokenizer_config, seed)
             train_sentencepiece([data_config.train_target], target_path, tokenizer_config, seed)
         return cls(source_path, target_path)
+
+    @classmethod
+    def for_training(cls, model_dir, config, wait=False):
+        """The model directory's SentencePiece model(s), trained on ``config.data`` first if they
+        are not there. ``wait``: another process (the chief) trains them; wait for the files,
+        which appear whole (written, then renamed)."""
+        joint = config.tokenizer.joint
+        source_path, target_path = cls.model_paths(model_dir, joint)
+        if wait:
+            log.info("waiting for the chief's SentencePiece model in %s", model_dir)
+            while not (os.path.isfile(source_path) and os.path.isfile(target_path)):
+                time.sleep(1.0)
+        if os.path.isfile(source_path) and os.path.isfile(target_path):
+            return cls(source_path, target_path)
+        log.info("training SentencePiece (vocab_size %d, %s) on the training data", config.tokenizer.vocab_size,
+                 "joint" if joint else "one model per side")
+        return cls.train(model_dir, config.data, config.tokenizer, config.training.seed)
 
     @classmethod
     def load(cls, model_dir, joint):

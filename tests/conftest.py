@@ -39,6 +39,15 @@ def toy_config(data_dir, **overrides):
     return values
 
 
+@pytest.fixture(autouse=True)
+def float32_policy():
+    """Every test starts and ends with Keras's default float32 policy, whatever a training with
+    ``mixed_precision`` or ``bfloat16`` set globally."""
+    yield
+    if "keras" in sys.modules:
+        sys.modules["keras"].mixed_precision.set_global_policy("float32")
+
+
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory):
     path = tmp_path_factory.mktemp("toy")
@@ -69,6 +78,32 @@ def run_script(script, *args, stdin=None, cwd=ROOT):
     """Runs ``python script args...`` from the repository root; returns the CompletedProcess."""
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], input=stdin, capture_output=True,
                           text=True, cwd=cwd, timeout=600)
+
+
+def run_main(command, *args, stdin=None):
+    """Runs a command line (``train.py``, ``translate.py``, ``export`` or ``bench``) in this
+    process, as its script would, with ``stdin`` (str) as standard input; returns an object with
+    ``returncode``, ``stdout`` and ``stderr``, like ``run_script``'s. For error paths and
+    outputs, without the start-up of a new process."""
+    import contextlib
+    import io
+    import types
+
+    from seq2seq import bench, cli, export
+    from seq2seq.errors import run_cli
+
+    main = {"train.py": cli.train_main, "translate.py": cli.translate_main, "export": export.main,
+            "bench": bench.main}[command]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    fake_stdin = io.TextIOWrapper(io.BytesIO((stdin or "").encode("utf-8")), encoding="utf-8")
+    saved_stdin = sys.stdin
+    try:
+        sys.stdin = fake_stdin
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = run_cli(main, list(args))
+    finally:
+        sys.stdin = saved_stdin
+    return types.SimpleNamespace(returncode=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
 
 
 def assert_one_line_error(result, *fragments):

@@ -1,11 +1,12 @@
 """The command lines as a user runs them: outputs, and one clear line for every mistake."""
 
+import json
 import os
 import subprocess
 
 import pytest
 
-from conftest import ROOT, assert_one_line_error, run_script, toy, toy_config, write_yaml
+from conftest import ROOT, assert_one_line_error, run_main, run_script, toy, toy_config, write_yaml
 
 
 @pytest.fixture
@@ -16,7 +17,7 @@ def toy_yaml(toy_data, tmp_path):
 def test_train_missing_data_file(toy_data, tmp_path):
     values = toy_config(toy_data)
     values["data"]["train_source"] = str(tmp_path / "nowhere.src")
-    result = run_script("train.py", "--config", write_yaml(tmp_path / "c.yaml", values),
+    result = run_main("train.py", "--config", write_yaml(tmp_path / "c.yaml", values),
                         "--model-dir", str(tmp_path / "m"))
     assert_one_line_error(result, "config key data.train_source", "nowhere.src", "file not found")
     assert not os.path.exists(tmp_path / "m")
@@ -27,7 +28,7 @@ def test_train_line_counts_differ(toy_data, tmp_path):
     short.write_text("".join(open(f"{toy_data}/train.tgt").readlines()[:-5]))
     values = toy_config(toy_data)
     values["data"]["train_target"] = str(short)
-    result = run_script("train.py", "--config", write_yaml(tmp_path / "c.yaml", values),
+    result = run_main("train.py", "--config", write_yaml(tmp_path / "c.yaml", values),
                         "--model-dir", str(tmp_path / "m"))
     assert_one_line_error(result, "train.src has 4000 lines", "short.tgt has 3995")
 
@@ -35,29 +36,29 @@ def test_train_line_counts_differ(toy_data, tmp_path):
 def test_train_unknown_config_key(toy_data, tmp_path):
     values = toy_config(toy_data)
     values["model"]["layers"] = 2
-    result = run_script("train.py", "--config", write_yaml(tmp_path / "c.yaml", values))
+    result = run_main("train.py", "--config", write_yaml(tmp_path / "c.yaml", values))
     assert_one_line_error(result, "c.yaml", "unknown config key model.layers")
 
 
 def test_train_unknown_set_key(toy_yaml):
-    result = run_script("train.py", "--config", toy_yaml, "--set", "training.steps=10")
+    result = run_main("train.py", "--config", toy_yaml, "--set", "training.steps=10")
     assert_one_line_error(result, "--set training.steps", "unknown config key")
 
 
 def test_train_bad_set_value(toy_yaml):
-    result = run_script("train.py", "--config", toy_yaml, "--set", "model.dropout=1.5")
+    result = run_main("train.py", "--config", toy_yaml, "--set", "model.dropout=1.5")
     assert_one_line_error(result, "model.dropout", "[0, 1)")
 
 
 def test_train_missing_config_file(tmp_path):
-    result = run_script("train.py", "--config", str(tmp_path / "none.yaml"))
+    result = run_main("train.py", "--config", str(tmp_path / "none.yaml"))
     assert_one_line_error(result, "none.yaml", "not found")
 
 
 def test_translate_model_dir_that_is_not_one(tmp_path):
-    result = run_script("translate.py", "--model", str(tmp_path), stdin="a\n")
+    result = run_main("translate.py", "--model", str(tmp_path), stdin="a\n")
     assert_one_line_error(result, str(tmp_path), "not a model directory")
-    result = run_script("translate.py", "--model", str(tmp_path / "missing"), stdin="a\n")
+    result = run_main("translate.py", "--model", str(tmp_path / "missing"), stdin="a\n")
     assert_one_line_error(result, "model directory not found")
 
 
@@ -66,22 +67,22 @@ def test_translate_model_dir_without_checkpoint(trained_toy, tmp_path):
     empty.mkdir()
     for name in ("config.yaml", "spm.model"):
         (empty / name).write_bytes(open(os.path.join(trained_toy, name), "rb").read())
-    result = run_script("translate.py", "--model", str(empty), stdin="s1\n")
+    result = run_main("translate.py", "--model", str(empty), stdin="s1\n")
     assert_one_line_error(result, "no trained checkpoint")
 
 
 def test_translate_missing_input_and_bad_reference(trained_toy, tmp_path):
-    result = run_script("translate.py", "--model", trained_toy, "--input", str(tmp_path / "none.txt"))
+    result = run_main("translate.py", "--model", trained_toy, "--input", str(tmp_path / "none.txt"))
     assert_one_line_error(result, "none.txt", "file not found")
     reference = tmp_path / "ref.txt"
     reference.write_text("T1\n")
-    result = run_script("translate.py", "--model", trained_toy, "--reference", str(reference), stdin="s1\ns2\n")
+    result = run_main("translate.py", "--model", trained_toy, "--reference", str(reference), stdin="s1\ns2\n")
     assert_one_line_error(result, "ref.txt has 1 lines", "has 2")
 
 
 def test_translate_keeps_one_line_per_input_line_in_order(trained_toy):
     lines = ["s1 s2 s3", "", "s4 s5 s6 s7 s8 s9 s10 s11", "   ", "s12 s0 s5", "s13 s14 s15 s16"]
-    result = run_script("translate.py", "--model", trained_toy, "--batch-size", "2",
+    result = run_main("translate.py", "--model", trained_toy, "--batch-size", "2",
                         stdin="\n".join(lines) + "\n")
     assert result.returncode == 0, result.stderr
     outputs = result.stdout.split("\n")[:-1]
@@ -95,9 +96,9 @@ def test_translate_keeps_one_line_per_input_line_in_order(trained_toy):
 
 
 def test_translate_files_and_reference_prints_bleu_and_chrf(trained_toy, toy_data, tmp_path):
-    output = tmp_path / "hyp.txt"
-    result = run_script("translate.py", "--model", trained_toy, "--input", f"{toy_data}/test.src",
-                        "--output", str(output), "--reference", f"{toy_data}/test.tgt")
+    output, metrics = tmp_path / "hyp.txt", tmp_path / "metrics.json"
+    result = run_main("translate.py", "--model", trained_toy, "--input", f"{toy_data}/test.src",
+                        "--output", str(output), "--reference", f"{toy_data}/test.tgt", "--metrics", str(metrics))
     assert result.returncode == 0, result.stderr
     assert len(output.read_text().splitlines()) == 200
     bleu = [line for line in result.stderr.splitlines() if line.startswith("BLEU|")]
@@ -105,10 +106,15 @@ def test_translate_files_and_reference_prints_bleu_and_chrf(trained_toy, toy_dat
     assert len(bleu) == 1 and "tok:13a" in bleu[0] and "version:" in bleu[0]
     assert len(chrf) == 1
     assert float(bleu[0].split(" = ")[1].split()[0]) > 90
+    # The same figures as data, for programs.
+    figures = json.loads(metrics.read_text())
+    assert figures["lines"] == 200 and figures["beam_size"] == 5 and figures["lines_per_sec"] > 0
+    assert figures["bleu"] == pytest.approx(float(bleu[0].split(" = ")[1].split()[0]), abs=0.01)
+    assert figures["signatures"] == bleu + chrf and figures["chrf"] > 0
 
 
 def test_translate_n_best_format(trained_toy):
-    result = run_script("translate.py", "--model", trained_toy, "--beam-size", "3", "--n-best", "2",
+    result = run_main("translate.py", "--model", trained_toy, "--beam-size", "3", "--n-best", "2",
                         stdin="s1 s2 s3\n\ns4 s5 s6\n")
     assert result.returncode == 0, result.stderr
     rows = [line.split(" ||| ") for line in result.stdout.splitlines()]
@@ -124,12 +130,12 @@ def test_translate_n_best_format(trained_toy):
     (["--length-penalty", "-0.5"], "--length-penalty must be non-negative"),
 ])
 def test_translate_bad_options(trained_toy, args, fragment):
-    assert_one_line_error(run_script("translate.py", "--model", trained_toy, *args, stdin="s1\n"), fragment)
+    assert_one_line_error(run_main("translate.py", "--model", trained_toy, *args, stdin="s1\n"), fragment)
 
 
 def test_translate_length_penalty_option_changes_the_scores(trained_toy):
     def best_score(alpha):
-        result = run_script("translate.py", "--model", trained_toy, "--n-best", "1", "--length-penalty", alpha,
+        result = run_main("translate.py", "--model", trained_toy, "--n-best", "1", "--length-penalty", alpha,
                             stdin="s1 s2 s3 s4 s5 s6\n")
         assert result.returncode == 0, result.stderr
         return float(result.stdout.split(" ||| ")[2])
@@ -140,7 +146,7 @@ def test_translate_length_penalty_option_changes_the_scores(trained_toy):
 
 def test_translate_alignments_and_attention_plots(trained_toy, tmp_path):
     plots = tmp_path / "plots"
-    result = run_script("translate.py", "--model", trained_toy, "--beam-size", "2", "--alignments",
+    result = run_main("translate.py", "--model", trained_toy, "--beam-size", "2", "--alignments",
                         "--plot-attention", str(plots), stdin="s1 s2 s3 s4\n\ns5 s6 s7\n")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -213,7 +219,7 @@ def test_an_unexpected_exception_is_one_error_line_and_its_traceback_goes_to_the
     import logging
 
     from seq2seq.errors import run_cli
-    from seq2seq.training import log, setup_logging
+    from seq2seq.reporting import log, setup_logging
 
     def fails(argv):
         raise RuntimeError("{{function_node __wrapped__Op_device_/job:worker}} it broke\nmore detail")
@@ -234,3 +240,20 @@ def test_an_unexpected_exception_is_one_error_line_and_its_traceback_goes_to_the
     with open(path, encoding="utf-8") as f:
         assert "RuntimeError" in f.read()
     os.remove(path)
+
+
+def test_the_seq2seq_command_dispatches_to_each_command_line(tmp_path, capsys):
+    from seq2seq import cli
+    from seq2seq.errors import run_cli
+
+    assert run_cli(cli.main, ["translate", "--model", str(tmp_path / "missing")]) != 0
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing'}: model directory not found"
+    assert run_cli(cli.main, ["export", "--model", str(tmp_path), "--output", str(tmp_path), "--beam-size", "0"]) != 0
+    assert "--beam-size must be positive" in capsys.readouterr().err
+    assert run_cli(cli.main, ["train", "--config", str(tmp_path / "none.yaml")]) != 0
+    assert "none.yaml" in capsys.readouterr().err
+    assert run_cli(cli.main, ["bench", "--repeats", "0"]) != 0
+    assert "--repeats must be positive" in capsys.readouterr().err
+    assert run_cli(cli.main, ["serve"]) != 0
+    assert capsys.readouterr().err.startswith("error: usage: seq2seq {train,translate,export,bench}")
+    assert run_cli(cli.main, ["--help"]) == 0 and "usage: seq2seq" in capsys.readouterr().out

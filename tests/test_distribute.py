@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT, toy_config, write_yaml
+from seq2seq.model_dir import TRAINING_HISTORY, read_history
 
 # Splits the CPU into two logical devices before TensorFlow starts, then runs train.py.
 TWO_CPUS = r"""
@@ -27,8 +28,7 @@ def _train(config, model_dir, distribution):
                              "--set", f"training.distribution={distribution}"], cwd=ROOT, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    losses = [float(loss) for loss in re.findall(r"step \d+/\d+ \| epoch \d+ \| loss ([\d.]+)", result.stderr)]
-    return result.stderr, losses
+    return result.stderr, [r["loss"] for r in read_history(model_dir, TRAINING_HISTORY)]
 
 
 def test_mirrored_over_two_devices_follows_the_single_device_loss_curve(toy_data, tmp_path):
@@ -42,8 +42,8 @@ def test_mirrored_over_two_devices_follows_the_single_device_loss_curve(toy_data
     # The same global batches, split in two: the same loss at every step, up to float rounding.
     assert mirrored == pytest.approx(single, abs=2e-3)
     assert single[-1] < single[0] / 2  # and it is a learning curve
-    bleu = [re.search(r"validation at step 40: .*BLEU ([\d.]+)", log).group(1) for log in (single_log, mirrored_log)]
-    assert float(bleu[0]) == pytest.approx(float(bleu[1]), abs=1.0)
+    bleu = [read_history(str(tmp_path / name))[-1] for name in ("single", "mirrored")]
+    assert bleu[0]["step"] == bleu[1]["step"] == 40 and bleu[0]["bleu"] == pytest.approx(bleu[1]["bleu"], abs=1.0)
     # Resuming under the strategy continues the same curve.
     resumed = subprocess.run([sys.executable, "-c", TWO_CPUS, "--config", config, "--model-dir",
                               str(tmp_path / "mirrored"), "--set", "training.distribution=mirrored",
@@ -125,7 +125,7 @@ def test_two_workers_train_with_a_shipped_training_section_to_the_end(toy_data, 
     # Written once, by the chief; the model directory translates.
     assert sorted(os.listdir(model_dir)) == ["averaging", "best", "checkpoints", "config.yaml", "format.json",
                                              "learning_curves.png", "spm.model", "spm.vocab",
-                                             "tensorboard", "train.log", "validation.jsonl"]
+                                             "tensorboard", "train.log", "training.jsonl", "validation.jsonl"]
     assert _exact_match(model_dir, toy_data) >= 0.95
 
 
@@ -144,7 +144,7 @@ def test_mixed_precision_trains_with_loss_scaling_and_resumes(toy_data, tmp_path
         trainer.train()
         assert trainer.model.encoder.embedding.compute_dtype == "float16"
         assert trainer.model.encoder.embedding.embeddings.dtype == "float32"
-        assert trainer.step == 40 and trainer.best_bleu.numpy() > 0
+        assert trainer.step == 40 and trainer.stopping.best > 0
         # The loss scale is part of the checkpoint.
         reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints", "ckpt-40"))
         saved = [name for name in reader.get_variable_to_shape_map() if name.startswith("loss_scale/")]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, assert_one_line_error, run_script, toy
+from conftest import ROOT, assert_one_line_error, run_main, toy
 
 # Run in a separate interpreter, from a directory outside the repository: it must not need (and
 # is checked not to import) the seq2seq package.
@@ -59,7 +59,7 @@ def test_export_layout_and_assets(exported):
 def test_savedmodel_translates_exactly_like_translate_py(exported, trained_toy, toy_data, tmp_path):
     with open(os.path.join(toy_data, "test.src"), encoding="utf-8") as f:
         lines = f.read().splitlines()
-    expected = run_script("translate.py", "--model", trained_toy, "--beam-size", "3",
+    expected = run_main("translate.py", "--model", trained_toy, "--beam-size", "3",
                           "--input", os.path.join(toy_data, "test.src"))
     assert expected.returncode == 0, expected.stderr
     result = consume(exported, lines, tmp_path)
@@ -67,7 +67,7 @@ def test_savedmodel_translates_exactly_like_translate_py(exported, trained_toy, 
     assert result["translation"] == expected.stdout.split("\n")[:-1]
     assert len(result["translation"]) == len(lines) == 200
     # The score is translate.py's --n-best score of the best translation.
-    nbest = run_script("translate.py", "--model", trained_toy, "--beam-size", "3", "--n-best", "1",
+    nbest = run_main("translate.py", "--model", trained_toy, "--beam-size", "3", "--n-best", "1",
                        stdin="\n".join(lines[:5]) + "\n")
     scores = [float(line.split(" ||| ")[2]) for line in nbest.stdout.splitlines()]
     assert result["score"][:5] == pytest.approx(scores, abs=1e-3)
@@ -120,10 +120,10 @@ def test_export_without_checkpoint_fails_with_one_line(trained_toy, tmp_path):
     untrained.mkdir()
     for name in ("config.yaml", "spm.model"):
         (untrained / name).write_bytes(open(os.path.join(trained_toy, name), "rb").read())
-    result = run_export("--model", str(untrained), "--output", str(tmp_path / "export"))
+    result = run_main("export", "--model", str(untrained), "--output", str(tmp_path / "export"))
     assert_one_line_error(result, "no trained checkpoint")
     assert not os.path.exists(tmp_path / "export" / "1")
-    result = run_export("--model", str(tmp_path / "missing"), "--output", str(tmp_path / "export"))
+    result = run_main("export", "--model", str(tmp_path / "missing"), "--output", str(tmp_path / "export"))
     assert_one_line_error(result, "model directory not found")
 
 
@@ -134,7 +134,7 @@ def test_export_without_checkpoint_fails_with_one_line(trained_toy, tmp_path):
     (["--max-length-ratio", "0"], "--max-length-ratio must be positive"),
 ])
 def test_export_bad_options(trained_toy, tmp_path, args, fragment):
-    assert_one_line_error(run_export("--model", trained_toy, "--output", str(tmp_path), *args), fragment)
+    assert_one_line_error(run_main("export", "--model", trained_toy, "--output", str(tmp_path), *args), fragment)
 
 
 def test_bench_times_the_savedmodel_like_a_consumer(exported, toy_data, tmp_path):
@@ -152,6 +152,4 @@ def test_bench_times_the_savedmodel_like_a_consumer(exported, toy_data, tmp_path
     (["--train-steps", "50"], "--train-steps must be more than"),
 ])
 def test_bench_bad_options(args, fragment):
-    result = subprocess.run([sys.executable, "-m", "seq2seq.bench", *args], capture_output=True, text=True,
-                            cwd=ROOT, timeout=300)
-    assert_one_line_error(result, fragment)
+    assert_one_line_error(run_main("bench", *args), fragment)

@@ -1,5 +1,8 @@
 """The side-by-side benchmark's parts that run without JoeyNMT: its config, log parsing, figures."""
 
+import json
+
+import pytest
 import yaml
 
 from seq2seq import peer
@@ -27,10 +30,12 @@ def test_steady_rates_skip_the_warm_up_steps_of_both_logs(tmp_path):
         for step, rate in ((50, 100), (100, 200), (150, 1600), (200, 1700), (250, 1650))))
     assert peer._steady_rate(peer._JOEY_RATE, joey) == 1650
     assert peer._steps(peer._JOEY_RATE, joey) == 250
-    ours = tmp_path / "ours.log"
-    ours.write_text("".join(f"2026-12-03 10:00:00 step {step}/446 | epoch 1 | loss 5.123 | {rate} tok/s | ETA 1m00s\n"
-                            for step, rate in ((50, "900"), (100, "1,000"), (150, "5,100"), (200, "5,300"))))
-    assert peer._steady_rate(peer._OURS_RATE, ours) == 5200
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "training.jsonl").write_text("".join(
+        json.dumps({"step": step, "epoch": 1, "loss": 5.1, "target_tokens_per_sec": rate}) + "\n"
+        for step, rate in ((50, 900.0), (100, 1000.0), (150, 5100.0), (200, 5300.0))))
+    assert peer.steady_rates(ours) == [5100.0, 5300.0]
 
 
 def test_summary_takes_medians_and_ratios():
@@ -41,7 +46,7 @@ def test_summary_takes_medians_and_ratios():
     results = peer.summarize({"ours": [run(5000, 100, 20), run(6000, 90, 25), run(5500, 95, 30)],
                               "joeynmt": [run(1600, 300, 50), run(1700, 310, 55), run(1650, 290, 60)]})
     assert results["medians"]["ours"]["train_tokens_per_sec"] == 5500
-    assert results["speedup"] == {"train_tokens_per_sec": 5500 / 1650, "epoch_wall_sec": 300 / 95,
-                                  "translate_4000_wall_sec": 55 / 25}
+    assert results["speedup"] == pytest.approx({"train_tokens_per_sec": 5500 / 1650, "epoch_wall_sec": 300 / 95,
+                                                "translate_4000_wall_sec": 55 / 25, "output_words_per_sec": 55 / 25})
     assert results["repeats"] == 3 and results["cpu"]["model"] and results["cpu"]["cores"] >= 1
     assert set(results["cpu"]["flags"]) <= set(peer.CPU_FLAGS)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, assert_one_line_error, run_script, toy_config, write_yaml
+from conftest import ROOT, assert_one_line_error, run_main, run_script, toy_config, write_yaml
 from seq2seq.config import config_from_dict
 from seq2seq.corpus import read_lines
 from seq2seq.errors import DataError, UserError
@@ -85,7 +85,7 @@ def test_vocabulary_too_small_for_the_characters_names_the_key(tmp_path):
         (tmp_path / name).write_text(lines, encoding="utf-8")
     values = toy_config(str(tmp_path), **{"tokenizer.vocab_size": 20, "tokenizer.model_type": "unigram"})
     config = write_yaml(tmp_path / "config.yaml", values)
-    result = run_script("train.py", "--config", config, "--model-dir", str(tmp_path / "model"))
+    result = run_main("train.py", "--config", config, "--model-dir", str(tmp_path / "model"))
     assert_one_line_error(result, "tokenizer.vocab_size", "20 is too small for the 31 different characters",
                           "at least 35")
 
@@ -262,10 +262,9 @@ def test_model_directory_from_an_incompatible_version(trained_toy, tmp_path):
     model_dir = _copy_model(trained_toy, tmp_path / "model")
     with open(os.path.join(model_dir, "format.json"), "w") as f:
         json.dump({"format": 99, "tensorflow": "9.0"}, f)
-    result = run_script("translate.py", "--model", model_dir, stdin="s1\n")
+    result = run_main("translate.py", "--model", model_dir, stdin="s1\n")
     assert_one_line_error(result, "model directory format 99", "reads format 1")
-    result = subprocess.run([sys.executable, "-m", "seq2seq.export", "--model", model_dir, "--output",
-                             str(tmp_path / "export")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = run_main("export", "--model", model_dir, "--output", str(tmp_path / "export"))
     assert_one_line_error(result, "model directory format 99")
 
 
@@ -276,15 +275,15 @@ def test_corrupt_or_partial_model_directory(trained_toy, tmp_path):
         if name.endswith(".index"):
             with open(os.path.join(best, name), "wb") as f:
                 f.write(b"not a checkpoint index")
-    assert_one_line_error(run_script("translate.py", "--model", corrupt, stdin="s1\n"), "cannot restore the model")
+    assert_one_line_error(run_main("translate.py", "--model", corrupt, stdin="s1\n"), "cannot restore the model")
     partial = _copy_model(trained_toy, tmp_path / "partial")
     os.remove(os.path.join(partial, "spm.model"))
-    assert_one_line_error(run_script("translate.py", "--model", partial, stdin="s1\n"),
+    assert_one_line_error(run_main("translate.py", "--model", partial, stdin="s1\n"),
                           "spm.model: SentencePiece model not found")
     bad_config = _copy_model(trained_toy, tmp_path / "bad_config")
     with open(os.path.join(bad_config, "config.yaml"), "a") as f:
         f.write("future_section:\n  key: 1\n")
-    assert_one_line_error(run_script("translate.py", "--model", bad_config, stdin="s1\n"),
+    assert_one_line_error(run_main("translate.py", "--model", bad_config, stdin="s1\n"),
                           "invalid model config", "unknown config key future_section")
 
 

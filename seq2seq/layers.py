@@ -1,0 +1,34 @@
+"""Small helpers shared by the encoder and the decoder."""
+
+import keras
+
+RNN_LAYERS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM, "rnn": keras.layers.SimpleRNN}
+
+
+def rnn_layer(cell, units, name):
+    return RNN_LAYERS[cell](units, return_sequences=True, return_state=True, name=name)
+
+
+def embedding(vocab_size, embedding_dim, mask_zero=False, stddev=1.0):
+    """An embedding initialized N(0, stddev²). The default N(0, 1): Keras's default (uniform ±0.05)
+    feeds the recurrent layers so weak a signal that training stalls near a unigram model for
+    hundreds of steps on Multi30k (docs/benchmarks.md, "Why embeddings start N(0, 1)")."""
+    return keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=mask_zero, name="embedding",
+                                  embeddings_initializer=keras.initializers.RandomNormal(stddev=stddev))
+
+
+def drops_after(layer_index, num_layers, placement):
+    """Whether dropout follows recurrent layer ``layer_index`` of ``num_layers``: always between
+    stacked layers, after the top one only with the ``all_outputs`` placement."""
+    return layer_index < num_layers - 1 or placement == "all_outputs"
+
+
+def track(layer, name, sublayers):
+    """Sets ``sublayers`` as attributes ``name_0, name_1, ...`` of ``layer`` and returns them as a list.
+
+    TensorFlow checkpoints follow attributes, not Python lists, so every sub-layer held in a
+    list must also be an attribute for its weights to be saved.
+    """
+    for i, sublayer in enumerate(sublayers):
+        setattr(layer, f"{name}_{i}", sublayer)
+    return list(sublayers)
