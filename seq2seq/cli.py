@@ -19,7 +19,17 @@ from seq2seq.errors import DataError, UserError, run_cli
 from seq2seq.model_dir import read_model_config
 from seq2seq.runtime import import_tensorflow
 
-TRANSLATE_USAGE = """
+TRANSLATE_USAGE = """Translates text with a trained model, one output line per input line, in input order.
+
+    translate.py --model DIR [--input PATH|-] [--output PATH|-] [--beam-size N] [--length-penalty A] [--n-best N]
+                 [--alignments] [--plot-attention DIR] [--batch-size N] [--reference PATH] [--metrics PATH]
+
+With --n-best N, each input line gives N lines ``index ||| translation ||| score`` (index from
+0, best first). --alignments appends `` ||| i-j ...`` to each translation: for each output
+subword j, the source subword i with the highest attention. --plot-attention DIR writes
+DIR/<line>.png, a heatmap of each best translation's attention. With --reference, sacrebleu's
+BLEU and chrF lines (with signatures) go to stderr. --metrics PATH writes the figures as JSON
+(lines, load and translation seconds, lines/s; BLEU, chrF and signatures with --reference).
 """
 
 COMMANDS = ("train", "translate", "export", "bench")
@@ -59,7 +69,6 @@ def train_main(argv=None, prog="train.py"):
     trainer.train()
     if trainer.stop_signal is not None:  # stopped by Ctrl-C or SIGTERM, after saving a checkpoint
         return 128 + trainer.stop_signal
-
 
 
 def translate_parser(prog="translate.py"):

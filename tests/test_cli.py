@@ -128,6 +128,7 @@ def test_translate_n_best_format(trained_toy):
     (["--beam-size", "2", "--n-best", "3"], "--n-best must be between 1 and the beam size (2)"),
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--length-penalty", "-0.5"], "--length-penalty must be non-negative"),
+    (["--metrics", "/nonexistent-dir/metrics.json"], "/nonexistent-dir/metrics.json: cannot write"),
 ])
 def test_translate_bad_options(trained_toy, args, fragment):
     assert_one_line_error(run_main("translate.py", "--model", trained_toy, *args, stdin="s1\n"), fragment)
