@@ -41,7 +41,9 @@ class Encoder(keras.layers.Layer):
 
     def _run_rnn(self, rnn, x, mask):
         """One (bidirectional) layer over the sequence: x [batch, src_len, features] -> [batch,
-        src_len, output_dim], both directions in one time loop."""
+        src_len, output_dim], both directions in one time loop (Keras's layer on a GPU, for cuDNN)."""
+        if recurrent.fused_kernel_available():
+            return rnn(x, mask=mask)
         if self.bidirectional:
             cells = [rnn.forward_layer.cell, rnn.backward_layer.cell]
             return recurrent.run(cells, [recurrent.project_inputs(cell, x) for cell in cells], mask)[0]

@@ -12,9 +12,10 @@ and, with input feeding, the next step's input) and Bahdanau et al. (2015, §A.1
 scoring function, ``score(q, k) = vᵀ tanh(W₁ q + W₂ k)``. It is the architecture of JoeyNMT's
 recurrent decoder.
 
-The recurrent layers are Keras's (they own the weights); ``seq2seq.recurrent`` runs them with
-each layer's input projection computed for all time steps before the time loop, and both
-directions of the bidirectional encoder in one loop. With input feeding the decoder runs step
+The recurrent layers are Keras's (they own the weights). On a CPU ``seq2seq.recurrent`` runs
+them with each layer's input projection computed for all time steps before the time loop, and
+both directions of the bidirectional encoder in one loop; where a GPU is visible, whole
+sequences go through Keras's layers (cuDNN). With input feeding the decoder runs step
 by step, through the same step function that search uses; training embeds all the steps'
 input tokens, and projects them for the first recurrent layer, before the loop.
 """
@@ -186,7 +187,14 @@ class Decoder(keras.layers.Layer):
           attentional: float [batch, tgt_len, units].
           weights: float [batch, tgt_len, src_len].
         """
-        projected = self._project_embedded(self._embed(target_in, training))  # [batch, tgt_len, gates * units]
+        embedded = self._embed(target_in, training)
+        if recurrent.fused_kernel_available() and not self.input_feeding:  # Keras's layers, in cuDNN
+            x = embedded
+            for i, (rnn, layer_state) in enumerate(zip(self.rnns, state["rnn"])):
+                x, *_ = rnn(x, initial_state=list(layer_state), training=training)
+                x = self._rnn_dropout(i, x, training)
+            return self._attend(x, memory, training)
+        projected = self._project_embedded(embedded)  # [batch, tgt_len, gates * units]
         if self.input_feeding:
             return self._call_stepwise(projected, state, memory, training)
         x = None  # the previous layer's output

@@ -21,6 +21,12 @@ import tensorflow as tf
 _KINDS = {"GRUCell": "gru", "LSTMCell": "lstm", "SimpleRNNCell": "rnn"}
 
 
+def fused_kernel_available():
+    """Whether a GPU is visible, where Keras's GRU and LSTM layers run a whole sequence in
+    cuDNN's fused kernel: then callers run the Keras layers instead of ``run``."""
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
 def cell_kind(cell):
     """'gru', 'lstm' or 'rnn' for a Keras cell with the defaults this package builds it with."""
     kind = _KINDS[type(cell).__name__]

@@ -98,3 +98,16 @@ def test_unsupported_cells_are_refused():
         recurrent.cell_kind(keras.layers.GRUCell(4, reset_after=False))
     with pytest.raises(ValueError, match="bias"):
         recurrent.cell_kind(keras.layers.LSTMCell(4, use_bias=False))
+
+
+def test_the_keras_layers_used_on_a_gpu_compute_the_same(monkeypatch):
+    keras.utils.set_random_seed(6)
+    model = Seq2Seq(20, 30, embedding_dim=6, units=8, encoder_layers=2, decoder_layers=2, input_feeding=False,
+                    dropout=0.0)
+    model.build_weights()
+    inputs = (tf.constant([[5, 6, 7, 3], [8, 3, 0, 0]]), tf.constant([[2, 4, 9, 11], [2, 12, 13, 0]]))
+    looped = model(inputs).numpy()
+    monkeypatch.setattr(recurrent, "fused_kernel_available", lambda: True)
+    monkeypatch.setattr(recurrent, "run", lambda *args, **kwargs: pytest.fail("the time loop ran"))
+    np.testing.assert_allclose(model(inputs).numpy(), looped, atol=1e-5)
+
