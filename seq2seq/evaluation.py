@@ -85,13 +85,11 @@ class EarlyStopping:
                 log.info("learning rate %.3g -> %.3g after %d validations without improvement", rate, decayed,
                          t.lr_decay_patience)
 
-    def stopped(self, announce=True):
-        """Whether ``patience`` validations in a row brought no better BLEU."""
+    def stopped(self):
+        """Whether ``patience`` validations in a row brought no better BLEU (logged when so)."""
         if self.bad < self.config.patience:
             return False
-        if announce:
-            log.info("early stopping: %d validations without a better BLEU (best %.2f)", self.config.patience,
-                     self.best)
+        log.info("early stopping: %d validations without a better BLEU (best %.2f)", self.config.patience, self.best)
         return True
 
 
