@@ -8,12 +8,14 @@ Sets up JoeyNMT 2.3.0 (PyTorch on the CPU) in its own virtual environment, then,
   input feeding and Bahdanau attention, embeddings 256, dropout 0.3, about 64 sentences a
   batch, Adam 0.001, clipping 1.0) on the same joint SentencePiece model (ours trains it, as
   from an empty directory; JoeyNMT is given it). Figures: the wall clock of the command, and
-  the steady-state target tokens/s, the median of the logged rates after the first
-  ``WARMUP_STEPS`` steps (both toolkits count real target tokens, without padding);
+  the steady-state target tokens/s, the median of the rates after the first ``WARMUP_STEPS``
+  steps (ours from the model directory's ``training.jsonl``, JoeyNMT's from its log; both
+  count real target tokens, without padding);
 - translates 4,000 lines (test_2016_flickr de ×4) with beam 5, length penalty α = 1, batches
-  of 64 sentences, each with the model it trained: the wall clock with start-up, and the
-  words of the output (the models are trained the same way, for the same epoch, so the work
-  is comparable).
+  of 64 sentences, each with the model it trained: the wall clock with start-up, the words of
+  the output and the output words per second. After one epoch the two models do not write the
+  same amount of text (a model that still repeats phrases searches more steps), so the
+  per-word rate is printed beside the wall clock.
 
 It prints the medians, the ratios and the CPU (model and the vector-instruction flags that
 matter); ``--output`` writes them as JSON.
