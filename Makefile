@@ -16,6 +16,8 @@ comma := ,
 EXTRAS := test$(if $(GPU),$(comma)gpu)
 ARGS ?=
 PYTEST_ARGS ?=
+# The suite runs in TEST_WORKERS processes (pytest-xdist): most tests keep one core busy at a time.
+TEST_WORKERS ?= 2
 
 EXPORT_DIR ?= $(MODEL_DIR)/export
 
@@ -58,7 +60,7 @@ bench-quality: install data
 	$(PY) -m seq2seq.bench --quality --output runs/quality.json $(ARGS)
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/pip install --quiet ruff==0.14.5

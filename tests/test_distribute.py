@@ -200,7 +200,7 @@ def test_bfloat16_output_layer_trains_the_toy_task_in_training_and_search(toy_da
 def test_a_worker_that_fails_ends_every_worker_with_one_error_line(toy_data, tmp_path):
     # The chief cannot write its learning curves (a directory has the file's name): it fails at
     # the first validation, and the other worker loses it in the next collective.
-    values = toy_config(toy_data, **{"training.max_steps": 300, "training.validate_every": 100})
+    values = toy_config(toy_data, **{"training.max_steps": 300, "training.validate_every": 20})
     config = write_yaml(tmp_path / "config.yaml", values)
     model_dir = tmp_path / "model"
     (model_dir / "learning_curves.png").mkdir(parents=True)

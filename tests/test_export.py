@@ -105,12 +105,12 @@ def test_saved_model_cli_show_and_run(exported):
 
 
 def test_export_versions_and_overwrite(trained_toy, tmp_path):
-    result = run_export("--model", trained_toy, "--output", str(tmp_path), "--version", "7", "--beam-size", "1")
+    result = run_main("export", "--model", trained_toy, "--output", str(tmp_path), "--version", "7", "--beam-size", "1")
     assert result.returncode == 0, result.stderr
     assert os.path.isfile(tmp_path / "7" / "saved_model.pb")
-    result = run_export("--model", trained_toy, "--output", str(tmp_path), "--version", "7")
+    result = run_main("export", "--model", trained_toy, "--output", str(tmp_path), "--version", "7")
     assert_one_line_error(result, str(tmp_path / "7"), "already exists", "--overwrite")
-    result = run_export("--model", trained_toy, "--output", str(tmp_path), "--version", "7", "--overwrite")
+    result = run_main("export", "--model", trained_toy, "--output", str(tmp_path), "--version", "7", "--overwrite")
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(tmp_path)) == ["7"]
 

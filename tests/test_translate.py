@@ -21,25 +21,26 @@ def test_sources(toy_data):
     return open(f"{toy_data}/test.src").read().splitlines()
 
 
-def reference_greedy(model, tokenizer, line, config):
-    """Step-by-step argmax decoding in eager Python: the oracle for beam size 1."""
-    source = tf.constant(pad(tokenizer.encode_source([line])))
-    limit = int(length_limits(source, config.max_length_ratio, config.min_output_length)[0])
+def reference_greedy(model, tokenizer, lines, config):
+    """Step-by-step argmax decoding of a padded batch in eager Python, each row stopping at its
+    EOS or its length limit: the oracle for beam size 1."""
+    source = tf.constant(pad(tokenizer.encode_source(lines)))
+    limits = length_limits(source, config.max_length_ratio, config.min_output_length).numpy()
     memory, state = model.encode(source)
-    token, output = tf.constant([BOS_ID]), []
-    for _ in range(limit):
+    token, outputs = tf.fill([len(lines)], BOS_ID), [[] for _ in lines]
+    for t in range(int(limits.max())):
         logits, state, _ = model.decode_step(token, state, memory)
         token = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        output.append(int(token[0]))
-        if output[-1] == EOS_ID:
-            break
-    return tokenizer.decode_target([output])[0]
+        for output, limit, value in zip(outputs, limits, token.numpy()):
+            if t < limit and EOS_ID not in output:
+                output.append(int(value))
+    return tokenizer.decode_target(outputs)
 
 
 def test_beam_size_one_equals_greedy_on_every_toy_sentence(toy_model, test_sources):
     config, tokenizer, model = toy_model
     beam1 = Translator(model, tokenizer, config.translate, beam_size=1).translate(test_sources, batch_size=64)
-    assert beam1 == [reference_greedy(model, tokenizer, line, config.translate) for line in test_sources]
+    assert beam1 == reference_greedy(model, tokenizer, test_sources, config.translate)
 
 
 def test_best_beam_hypothesis_never_scores_below_greedy(toy_model, test_sources):
