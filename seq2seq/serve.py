@@ -17,9 +17,9 @@ can also give the n-best list and the attention of each translation.
 
 Errors are ``{"error": "..."}``: 400 for a malformed body, a missing field or a value of the
 wrong type, 404 for another model name or version, 413 for a body or a sentence over the limits,
-503 when the queue is full. Sentences are batched across requests (``seq2seq/batching.py``);
-one model is in memory, searched by one worker thread. SIGTERM or Ctrl-C finishes the requests
-in flight, then exits 0.
+503 when the queue is full. Sentences are batched across requests; one model is in memory,
+searched by one worker thread (``seq2seq/servable.py``). SIGTERM or Ctrl-C finishes the
+requests in flight, then exits 0.
 """
 
 import argparse
@@ -37,8 +37,8 @@ from seq2seq.cli import require
 from seq2seq.errors import UserError, run_cli
 from seq2seq.model_dir import read_model_config
 from seq2seq.runtime import import_tensorflow
+from seq2seq.servable import DEFAULT_SIGNATURE
 
-DEFAULT_SIGNATURE = "serving_default"
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MODEL_PATH = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<verb>/metadata|:predict)?")
 OPTIONS = ("n_best", "attention")  # request fields of this server's own, for the page
@@ -51,112 +51,6 @@ class RequestError(Exception):
     def __init__(self, status, message):
         super().__init__(message)
         self.status = status
-
-
-def tensor_info(dtype, name):
-    """A TensorInfo as TensorFlow Serving's metadata writes it, for a [batch] tensor."""
-    return {"dtype": dtype, "tensor_shape": {"dim": [{"size": "-1", "name": ""}], "unknown_rank": False},
-            "name": name}
-
-
-class ModelDirBackend:
-    """``serving_default`` of a trained model directory through ``translate.Translator``: the same
-    search as ``translate.py``, with the n-best list and the attention on request."""
-
-    def __init__(self, model_dir, beam_size=None):
-        from seq2seq.model_dir import load_model
-
-        self.config, self.tokenizer, self.model = load_model(model_dir)
-        self.beam_size = beam_size or self.config.translate.beam_size
-        self.version, self.source = "1", f"model directory {model_dir}, beam {self.beam_size}"
-        self.max_n_best, self.attention = self.beam_size, True
-        self.signatures = {DEFAULT_SIGNATURE: {
-            "inputs": {"text": tensor_info("DT_STRING", "serving_default_text:0")},
-            "outputs": {"translation": tensor_info("DT_STRING", "translation:0"),
-                        "score": tensor_info("DT_FLOAT", "score:0")},
-            "method_name": "tensorflow/serving/predict"}}
-        self.translators = {}
-        for attention in (False, True):  # compiles both searches now, not at the first request
-            self.translator(1).warm_up(attention)
-
-    def translator(self, n_best):
-        from seq2seq.translate import Translator
-
-        if n_best not in self.translators:
-            self.translators[n_best] = Translator(self.model, self.tokenizer, self.config.translate,
-                                                  self.beam_size, n_best)
-        return self.translators[n_best]
-
-    def run(self, key, columns):
-        """key: (signature, n_best, attention); columns: {"text": [str]} -> one dict per sentence."""
-        import numpy as np
-
-        _, n_best, attention = key
-        lines = columns["text"]
-        rows = []
-        for hypotheses in self.translator(n_best).hypotheses(lines, len(lines), attention):
-            best = hypotheses[0]
-            row = {"translation": best.text, "score": best.score}
-            if n_best > 1:
-                row["n_best"] = [{"translation": h.text, "score": h.score} for h in hypotheses]
-            if attention:  # weights: [output pieces, source pieces]
-                row["attention"] = {"source": best.source_pieces, "target": best.target_pieces,
-                                    "weights": np.round(best.attention, 4).tolist()}
-            rows.append(row)
-        return rows
-
-
-class SavedModelBackend:
-    """Every signature of an exported SavedModel (``serving_default``; ``score`` where the model
-    has it), called as TensorFlow Serving calls them: a batch of values per named input."""
-
-    def __init__(self, path, version):
-        import tensorflow as tf
-        import tensorflow_text  # noqa: F401 (registers the SentencePiece ops of the graph)
-        from tensorflow.core.framework import types_pb2
-        from tensorflow.core.protobuf import saved_model_pb2
-
-        self.version, self.source = version, f"SavedModel {path}"
-        self.max_n_best, self.attention = 1, False
-        self.loaded = tf.saved_model.load(path)  # keeps the signatures' variables alive
-        proto = saved_model_pb2.SavedModel()
-        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-            proto.ParseFromString(f.read())
-
-        def info(tensor):
-            return {"dtype": types_pb2.DataType.Name(tensor.dtype), "name": tensor.name, "tensor_shape": {
-                "dim": [{"size": str(d.size), "name": d.name} for d in tensor.tensor_shape.dim],
-                "unknown_rank": tensor.tensor_shape.unknown_rank}}
-
-        self.signatures, self.functions = {}, {}
-        for name, signature in proto.meta_graphs[0].signature_def.items():
-            if name in self.loaded.signatures:
-                self.functions[name] = self.loaded.signatures[name]
-                self.signatures[name] = {"inputs": {k: info(v) for k, v in signature.inputs.items()},
-                                         "outputs": {k: info(v) for k, v in signature.outputs.items()},
-                                         "method_name": signature.method_name}
-
-    def run(self, key, columns):
-        """key: (signature, 1, False); columns: input name -> values -> one dict per sentence."""
-        import tensorflow as tf
-
-        function = self.functions[key[0]]
-        specs = function.structured_input_signature[1]
-        outputs = function(**{name: tf.constant(values, specs[name].dtype) for name, values in columns.items()})
-        arrays = {name: value.numpy() for name, value in outputs.items()}
-        return [{name: plain(array[i]) for name, array in arrays.items()} for i in range(len(next(iter(
-            columns.values()))))]
-
-
-def plain(value):
-    """A numpy scalar (or array) as JSON values: bytes decoded as UTF-8."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 def check_value(value, dtype, where, max_chars):
@@ -179,9 +73,10 @@ def check_value(value, dtype, where, max_chars):
 
 
 def parse_predict(body, backend, max_sentences, max_chars):
-    """Checks a :predict body; returns ``(key, columns, size, rows)``: the batching key
-    (signature, n_best, attention), input name -> list of ``size`` values, and whether the body
-    was in row format ("instances") rather than columnar ("inputs")."""
+    """Checks a :predict body; returns ``(key, n_best, columns, size, rows)``: the batching key
+    (signature, n-best list wanted, attention), the n-best list's length, input name -> list of
+    ``size`` values, and whether the body was in row format ("instances") rather than columnar
+    ("inputs")."""
     if not isinstance(body, dict):
         raise RequestError(400, 'the body must be a JSON object with "instances" or "inputs"')
     known = ("signature_name", "instances", "inputs", *OPTIONS)
@@ -245,7 +140,7 @@ def parse_predict(body, backend, max_sentences, max_chars):
                            '"attention" needs a model directory (--model), not a SavedModel')
     if (n_best > 1 or attention) and signature != DEFAULT_SIGNATURE:
         raise RequestError(400, f'"n_best" and "attention" are for {DEFAULT_SIGNATURE} only')
-    return (signature, n_best, attention), columns, len(columns[names[0]]), rows
+    return (signature, n_best > 1, attention), n_best, columns, len(columns[names[0]]), rows
 
 
 def answer(rows, results, output_names):
@@ -318,15 +213,17 @@ def build_app(backend, batcher, args, body_limit):
             body = json.loads(body)
         except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
             raise RequestError(400, f"the body is not valid UTF-8 JSON: {str(error)[:200]}") from None
-        key, columns, size, rows = parse_predict(body, backend, args.max_sentences, args.max_chars)
+        key, n_best, columns, size, rows = parse_predict(body, backend, args.max_sentences, args.max_chars)
         request.state.sentences = size
-        from seq2seq.batching import QueueFull
+        from seq2seq.servable import QueueFull
 
         try:
             future = batcher.submit(key, columns, size)
         except QueueFull as error:
             raise RequestError(503, str(error)) from None
         results = await asyncio.wrap_future(future)
+        if n_best > 1:
+            results = [{**result, "n_best": result["n_best"][:n_best]} for result in results]
         return json_response(answer(rows, results, backend.signatures[key[0]]["outputs"]))
 
     async def healthz(request):
@@ -456,7 +353,7 @@ def serve(args, sock, path, version):
     import_tensorflow()
     import uvicorn
 
-    from seq2seq.batching import Batcher
+    from seq2seq.servable import Batcher, ModelDirBackend, SavedModelBackend
 
     backend = SavedModelBackend(path, version) if args.export else ModelDirBackend(path, args.beam_size)
     sock.listen(2048)
