@@ -275,7 +275,8 @@ class LogRequests:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            print(f"{scope['method']} {scope['path']} {status[0]} {scope['state'].get('sentences', 0)} sentences "
+            path = scope["path"] if scope["path"].isprintable() else repr(scope["path"])  # one line, whatever it holds
+            print(f"{scope['method']} {path} {status[0]} {scope['state'].get('sentences', 0)} sentences "
                   f"{(time.perf_counter() - started) * 1000:.0f} ms", file=sys.stderr, flush=True)
 
 

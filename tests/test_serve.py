@@ -61,9 +61,9 @@ class Server:
     def predict(self, body, path=PREDICT):
         return self.request("POST", path, body)
 
-    def stop(self):
-        """SIGTERM; returns the exit status."""
-        self.process.send_signal(signal.SIGTERM)
+    def stop(self, number=signal.SIGTERM):
+        """Sends the signal; returns the exit status."""
+        self.process.send_signal(number)
         code = self.process.wait(120)
         self.reader.join(10)
         return code
@@ -71,10 +71,12 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(trained_toy):
-    """One server of the toy model directory, with the default limits, for most tests."""
+    """One server of the toy model directory, with the default limits, for most tests; stopped
+    as Ctrl-C stops it."""
     server = Server("--model", trained_toy)
     yield server
-    assert server.stop() == 0, "\n".join(server.lines)
+    assert server.stop(signal.SIGINT) == 0, "\n".join(server.lines)
+    assert server.lines[-1].startswith("stopped by SIGINT: "), server.lines[-1]
 
 
 @pytest.fixture(scope="module")
@@ -258,6 +260,52 @@ def test_savedmodel_sigterm_in_flight_and_the_full_queue(trained_toy, test_lines
     assert code == 0, "\n".join(server.lines)
     assert "POST /v1/models/translate:predict 503 1 sentences" in "\n".join(server.lines)
     assert server.lines[-1].startswith("stopped by SIGTERM: 4 sentences translated")
+
+
+def test_a_savedmodel_score_signature_is_served_with_its_two_inputs(tmp_path):
+    """A SavedModel with a second signature of two inputs, as a ``score`` signature (text,
+    translation -> log_prob, score) is: rows of objects and columns both reach it, in order."""
+    import tensorflow as tf
+
+    from seq2seq.serve import RequestError, answer, parse_predict
+    from seq2seq.servable import SavedModelBackend
+
+    module = tf.Module()
+    strings = tf.TensorSpec([None], tf.string)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def translate(text):
+        return {"translation": tf.strings.upper(text), "score": tf.zeros_like(text, tf.float32)}
+
+    @tf.function(input_signature=[strings, strings])
+    def score(text, translation):
+        length = tf.cast(tf.strings.length(text) + 10 * tf.strings.length(translation), tf.float32)
+        return {"log_prob": -length, "score": -length / 2}
+
+    module.translate, module.score = translate, score
+    tf.saved_model.save(module, str(tmp_path / "1"), signatures={"serving_default": translate, "score": score})
+    backend = SavedModelBackend(str(tmp_path / "1"), "1")
+    assert sorted(backend.signatures) == ["score", "serving_default"]
+    assert sorted(backend.signatures["score"]["inputs"]) == ["text", "translation"]
+    assert backend.signatures["score"]["outputs"]["log_prob"]["dtype"] == "DT_FLOAT"
+
+    def call(body):
+        key, n_best, columns, size, rows = parse_predict(body, backend, max_sentences=8, max_chars=100)
+        return answer(rows, backend.run(key, columns), backend.signatures[key[0]]["outputs"])
+
+    pairs = [{"text": "ab", "translation": "xyz"}, {"text": "", "translation": "q"}]
+    assert call({"signature_name": "score", "instances": pairs}) == {"predictions": [
+        {"log_prob": -32.0, "score": -16.0}, {"log_prob": -10.0, "score": -5.0}]}
+    assert call({"signature_name": "score", "inputs": {"text": ["ab", ""], "translation": ["xyz", "q"]}}) == {
+        "outputs": {"log_prob": [-32.0, -10.0], "score": [-16.0, -5.0]}}
+    assert call({"instances": ["ab"]})["predictions"] == [{"translation": "AB", "score": 0.0}]
+    for body, fragment in (({"signature_name": "score", "instances": ["ab"]}, "inputs text, translation"),
+                           ({"signature_name": "score", "inputs": {"text": ["a"], "translation": []}},
+                            "as many values"),
+                           ({"signature_name": "score", "instances": [{"text": "a", "translation": 3}]},
+                            "instance 0: translation: must be a string")):
+        with pytest.raises(RequestError, match=fragment):
+            call(body)
 
 
 @pytest.mark.parametrize("args, fragments", [
