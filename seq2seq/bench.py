@@ -319,14 +319,17 @@ def main(argv=None):
     require(args, positive=("repeats",))
     if args.train_steps is not None and args.train_steps <= WARMUP_STEPS:
         raise UserError(f"--train-steps must be more than the {WARMUP_STEPS} warm-up steps, got {args.train_steps}")
+    if args.serve:
+        from seq2seq.loadtest import check
+
+        check(args)
     for path in (REFERENCE_CONFIG, TEST_SOURCE, TEST_TARGET):
         if not os.path.isfile(os.path.join(ROOT, path)):
             raise UserError(f"{path}: not found (run `make data` first)")
 
     if args.serve:
-        from seq2seq.loadtest import check, load_test, print_table
+        from seq2seq.loadtest import load_test, print_table
 
-        check(args)
         results = load_test(args, ROOT, TEST_SOURCE, log)
         print_table(results)
     elif args.quality:

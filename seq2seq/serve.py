@@ -332,6 +332,8 @@ def main(argv=None, prog="python -m seq2seq.serve"):
     args = parse_args(argv, prog)
     require(args, positive=("beam_size", "max_sentences", "max_chars", "max_batch_size", "max_queue"),
             non_negative=("port", "batch_timeout_ms"))
+    if not re.fullmatch(r"[^/:\s]+", args.name):
+        raise UserError(f"--name must be a name without '/', ':' or spaces (it goes into the URLs), got {args.name!r}")
     if args.port > 65535:
         raise UserError(f"--port must be at most 65535, got {args.port}")
     if args.max_queue < args.max_sentences:

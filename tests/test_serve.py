@@ -317,6 +317,7 @@ def test_a_savedmodel_score_signature_is_served_with_its_two_inputs(tmp_path):
     (["--model", "{tmp}", "--port", "70000"], ["--port must be at most 65535"]),
     (["--model", "{tmp}", "--max-queue", "8"], ["--max-queue (8) must be at least --max-sentences (256)"]),
     (["--export", "{tmp}", "--beam-size", "3"], ["--beam-size is for --model"]),
+    (["--model", "{tmp}", "--name", "a/b"], ["--name must be a name without '/'"]),
     (["--model", "{model}", "--host", "192.0.2.1"], ["cannot listen on 192.0.2.1:8501"]),  # not this machine's
 ])
 def test_command_line_errors(args, fragments, tmp_path, trained_toy):
@@ -331,6 +332,33 @@ def test_a_port_in_use_is_one_error_line(trained_toy):
         port = taken.getsockname()[1]
         assert_one_line_error(run_main("serve", "--model", trained_toy, "--port", str(port)),
                               f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_load_test_clients_check_every_answer(server, test_lines, expected):
+    from seq2seq.loadtest import draw_requests, drive
+
+    requests = draw_requests(12, test_lines, most=4)
+    assert all(1 <= len(r) <= 4 for r in requests) and requests == draw_requests(12, test_lines, most=4)
+    right = [expected[line][0] for line in test_lines]
+    figures = drive(server.port, requests, test_lines, right, clients=4, time_limit=300)
+    assert (figures["requests_answered"], figures["errors"], figures["wrong"]) == (12, 0, 0)
+    assert figures["sentences"] == sum(map(len, requests))
+    figures = drive(server.port, requests[:3], test_lines, ["not it"] * len(test_lines), clients=2, time_limit=300)
+    assert figures["wrong"] == sum(map(len, requests[:3]))
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--model", "{tmp}/missing"], ["missing: model directory not found"]),
+    (["--model", "{untrained}"], ["no trained checkpoint"]),
+    (["--model", "{model}", "--requests", "0"], ["--requests must be positive"]),
+    (["--model", "{model}", "--time-limit", "-5"], ["--time-limit must be positive"]),
+])
+def test_load_test_command_line_errors(args, fragments, tmp_path, trained_toy):
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    shutil.copy(os.path.join(trained_toy, "config.yaml"), untrained)
+    args = [arg.format(tmp=tmp_path, model=trained_toy, untrained=untrained) for arg in args]
+    assert_one_line_error(run_main("bench", "--serve", *args), *fragments)
 
 
 def run_batches(batcher, submissions):
