@@ -59,12 +59,19 @@ class Batcher:
         self.queue = collections.deque()  # Items waiting, oldest first
         self.pending = 0  # sentences accepted and not yet answered
         self.batches = self.sentences = 0  # batches run and their sentences, for /healthz
-        self.closed = False
+        self.closed = self.draining = False
         self.condition = threading.Condition()
         self.worker = threading.Thread(target=self._work, name="batcher", daemon=True)
 
     def start(self):
         self.worker.start()
+
+    def drain(self):
+        """From now on, runs what is queued without waiting for fuller batches (the server is
+        stopping: the requests in flight are answered as soon as they can be)."""
+        with self.condition:  # (a reentrant lock: safe from a signal handler of the main thread)
+            self.draining = True
+            self.condition.notify_all()
 
     def close(self):
         """Stops taking requests, answers those queued, then stops the worker."""
@@ -105,7 +112,7 @@ class Batcher:
                 key = self.queue[0].job.key
                 same = [item for item in self.queue if item.job.key == key][: self.max_batch_size]
                 wait = self.queue[0].arrived + self.timeout - time.monotonic()
-                if len(same) == self.max_batch_size or wait <= 0 or self.closed:
+                if len(same) == self.max_batch_size or wait <= 0 or self.closed or self.draining:
                     taken = {id(item) for item in same}
                     self.queue = collections.deque(item for item in self.queue if id(item) not in taken)
                     return same

@@ -164,13 +164,18 @@ def json_response(data, status=200):
 async def read_body(request, limit):
     """The request's body; RequestError 413 (after reading and dropping up to DRAIN_LIMIT bytes,
     so that the client, still sending, reads the answer) when it is over ``limit`` bytes."""
+    from starlette.requests import ClientDisconnect
+
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size <= limit:
-            chunks.append(chunk)
-        elif size > DRAIN_LIMIT:
-            break
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            elif size > DRAIN_LIMIT:
+                break
+    except ClientDisconnect:
+        raise RequestError(400, "the client went away before the end of its body") from None
     if size > limit:
         raise RequestError(413, f"request body over {limit} bytes (--max-sentences × --max-chars)")
     return b"".join(chunks)
@@ -377,7 +382,12 @@ def serve(args, sock, path, version):
     stops = []
     for number in (signal.SIGINT, signal.SIGTERM):  # uvicorn raises the signal again once it has stopped
         signal.signal(number, lambda received, frame: stops.append(received))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # SIGTERM or Ctrl-C: no waiting for fuller batches from now on
+            batcher.drain()
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
     server.run(sockets=[sock])
     print(f"stopped{' by ' + signal.Signals(stops[0]).name if stops else ''}: {batcher.sentences} sentences "
           f"translated in {batcher.batches} batches", file=sys.stderr, flush=True)

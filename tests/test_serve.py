@@ -226,13 +226,14 @@ def test_many_clients_at_once_each_get_their_own_answers(server, test_lines, exp
 
 
 def test_savedmodel_sigterm_in_flight_and_the_full_queue(trained_toy, test_lines, expected, tmp_path):
-    """A SavedModel served (its own signatures), a request held in the queue by a long batch
-    timeout, another refused with 503 (queue full), then SIGTERM: the held one is answered, exit 0."""
+    """A SavedModel served (its own signatures), a request held in the queue by a batch timeout
+    longer than the test, another refused with 503 (queue full), then SIGTERM: the held one is
+    answered at once (no more waiting for a fuller batch), and the server exits 0."""
     assert run_main("export", "--model", trained_toy, "--output", str(tmp_path / "export")).returncode == 0
     os.rename(tmp_path / "export" / "1", tmp_path / "export" / "3")  # the newest version is served
     os.makedirs(tmp_path / "export" / "2")  # no saved_model.pb: not a version
     server = Server("--export", str(tmp_path / "export"), "--max-sentences", "4", "--max-queue", "4",
-                    "--batch-timeout-ms", "3000")
+                    "--batch-timeout-ms", "600000")
     try:
         assert any("(version 3;" in line for line in server.lines)
         status, answer = server.request("GET", "/v1/models/translate/metadata")
@@ -386,6 +387,17 @@ def test_batcher_merges_requests_sorted_by_length_and_routes_the_answers_back():
     # oldest waiting sentence's key (b), then the rest of a.
     assert calls == [("a", ["a", "bb", "ccc", "dddd"]), ("b", ["x"]), ("a", ["e"])]
     assert (batcher.batches, batcher.sentences, batcher.pending) == (3, 6, 0)
+
+
+def test_a_draining_batcher_no_longer_waits_for_fuller_batches():
+    batcher = Batcher(lambda key, columns: columns["text"], lambda key, columns, i: 0, max_batch_size=8,
+                      timeout=3600, max_queue=8)
+    batcher.start()
+    future = batcher.submit("k", {"text": ["a", "b"]}, 2)
+    batcher.drain()
+    assert future.result(60) == ["a", "b"]
+    assert batcher.submit("k", {"text": ["c"]}, 1).result(60) == ["c"]
+    batcher.close()
 
 
 def test_batcher_refuses_over_its_queue_and_hands_errors_to_the_requests():
