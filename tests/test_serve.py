@@ -198,6 +198,17 @@ def test_bad_requests_get_their_status_and_the_server_goes_on(server, name, body
     assert server.request("GET", "/healthz")[0] == 200
 
 
+def test_a_client_gone_halfway_through_its_body_does_not_wedge_the_server(server):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+                     b'{"instances": ["s1')
+    status, answer = server.predict({"instances": ["s1 s2"]})
+    assert status == 200 and len(answer["predictions"]) == 1
+    assert server.request("GET", "/healthz")[0] == 200
+
+
 def test_wrong_methods_and_paths_get_json_errors(server):
     assert server.request("GET", PREDICT) == (405, {"error": "GET is not allowed here (POST for :predict, "
                                                              "GET otherwise)"})
