@@ -21,7 +21,7 @@ TEST_WORKERS ?= 2
 
 EXPORT_DIR ?= $(MODEL_DIR)/export
 
-.PHONY: install data train translate export bench bench-peer bench-quality test lint clean
+.PHONY: install data train translate export serve bench bench-peer bench-quality test lint clean
 
 install: $(VENV)/.installed
 
@@ -46,6 +46,11 @@ translate: install data
 
 export: install
 	$(PY) -m seq2seq.export --model $(MODEL_DIR) --output $(EXPORT_DIR) $(ARGS)
+
+# The HTTP server and its page (http://127.0.0.1:8501/): the SavedModel of `make export` if there
+# is one, else the model directory.
+serve: install
+	$(PY) -m seq2seq.serve $(if $(wildcard $(EXPORT_DIR)/*/saved_model.pb),--export $(EXPORT_DIR),--model $(MODEL_DIR)) $(ARGS)
 
 # Speed figures (docs/benchmarks.md): ARGS=--quick for a run of under 5 minutes.
 bench: install data

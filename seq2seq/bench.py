@@ -4,6 +4,7 @@
     python -m seq2seq.bench --quality [--output quality.json]
     python -m seq2seq.bench --profile [--quick] [--output profile.json]
     python -m seq2seq.bench --peer joeynmt [--repeats N] [--output peer.json]
+    python -m seq2seq.bench --serve --model DIR [--requests N] [--clients N] [--time-limit S] [--output serve.json]
 
 Speed (the default) measures, each in its own process (so that its peak memory is its own):
 
@@ -30,6 +31,9 @@ turns on the same machine (see ``seq2seq/peer.py``).
 
 Profile (``--profile``) times the parts of the reference config's training step (see
 ``seq2seq/profiling.py``).
+
+Serving (``--serve``) load-tests ``seq2seq serve`` on 127.0.0.1 with dynamic batching and with
+batches of one sentence, every answer checked against ``translate.py`` (see ``seq2seq/loadtest.py``).
 """
 
 import argparse
@@ -58,6 +62,10 @@ def parse_args(argv):
     parser.add_argument("--quality", action="store_true", help="BLEU and chrF of the shipped configs instead")
     parser.add_argument("--profile", action="store_true", help="where a training step's time goes instead")
     parser.add_argument("--peer", choices=["joeynmt"], help="this toolkit and JoeyNMT side by side instead")
+    parser.add_argument("--serve", action="store_true", help="load test of seq2seq serve on --model instead")
+    parser.add_argument("--requests", type=int, help="--serve: requests of 1-8 sentences (default 2000)")
+    parser.add_argument("--clients", type=int, help="--serve: concurrent clients (default 32)")
+    parser.add_argument("--time-limit", type=float, help="--serve: seconds at most per server run (default 300)")
     parser.add_argument("--output", help="write the figures to this JSON file")
     parser.add_argument("--model", default="runs/bench_gru256",
                         help="trained de→en model for the translation figures (default runs/bench_gru256)")
@@ -311,11 +319,20 @@ def main(argv=None):
     require(args, positive=("repeats",))
     if args.train_steps is not None and args.train_steps <= WARMUP_STEPS:
         raise UserError(f"--train-steps must be more than the {WARMUP_STEPS} warm-up steps, got {args.train_steps}")
+    if args.serve:
+        from seq2seq.loadtest import check
+
+        check(args)
     for path in (REFERENCE_CONFIG, TEST_SOURCE, TEST_TARGET):
         if not os.path.isfile(os.path.join(ROOT, path)):
             raise UserError(f"{path}: not found (run `make data` first)")
 
-    if args.quality:
+    if args.serve:
+        from seq2seq.loadtest import load_test, print_table
+
+        results = load_test(args, ROOT, TEST_SOURCE, log)
+        print_table(results)
+    elif args.quality:
         results = quality(log)
     elif args.peer:
         from seq2seq.peer import peer_bench

@@ -1,4 +1,4 @@
-"""The command lines: ``seq2seq train|translate|export|bench ...`` (the console command), with
+"""The command lines: ``seq2seq train|translate|export|serve|bench ...`` (the console command), with
 ``train.py`` and ``translate.py`` as thin wrappers over the first two.
 
 Every command checks its arguments before TensorFlow loads, with the same validators
@@ -32,7 +32,7 @@ BLEU and chrF lines (with signatures) go to stderr. --metrics PATH writes the fi
 (lines, load and translation seconds, lines/s; BLEU, chrF and signatures with --reference).
 """
 
-COMMANDS = ("train", "translate", "export", "bench")
+COMMANDS = ("train", "translate", "export", "serve", "bench")
 
 
 def require(args, positive=(), non_negative=()):
@@ -203,6 +203,10 @@ def main(argv=None):
         from seq2seq import export
 
         return export.main(rest)
+    if command == "serve":
+        from seq2seq import serve
+
+        return serve.main(rest, "seq2seq serve")
     from seq2seq import bench
 
     return bench.main(rest)

@@ -81,7 +81,7 @@ def run_script(script, *args, stdin=None, cwd=ROOT):
 
 
 def run_main(command, *args, stdin=None):
-    """Runs a command line (``train.py``, ``translate.py``, ``export`` or ``bench``) in this
+    """Runs a command line (``train.py``, ``translate.py``, ``export``, ``serve`` or ``bench``) in this
     process, as its script would, with ``stdin`` (str) as standard input; returns an object with
     ``returncode``, ``stdout`` and ``stderr``, like ``run_script``'s. For error paths and
     outputs, without the start-up of a new process."""
@@ -89,11 +89,11 @@ def run_main(command, *args, stdin=None):
     import io
     import types
 
-    from seq2seq import bench, cli, export
+    from seq2seq import bench, cli, export, serve
     from seq2seq.errors import run_cli
 
     main = {"train.py": cli.train_main, "translate.py": cli.translate_main, "export": export.main,
-            "bench": bench.main}[command]
+            "serve": serve.main, "bench": bench.main}[command]
     stdout, stderr = io.StringIO(), io.StringIO()
     fake_stdin = io.TextIOWrapper(io.BytesIO((stdin or "").encode("utf-8")), encoding="utf-8")
     saved_stdin = sys.stdin

@@ -255,6 +255,8 @@ def test_the_seq2seq_command_dispatches_to_each_command_line(tmp_path, capsys):
     assert "none.yaml" in capsys.readouterr().err
     assert run_cli(cli.main, ["bench", "--repeats", "0"]) != 0
     assert "--repeats must be positive" in capsys.readouterr().err
-    assert run_cli(cli.main, ["serve"]) != 0
-    assert capsys.readouterr().err.startswith("error: usage: seq2seq {train,translate,export,bench}")
+    assert run_cli(cli.main, ["serve", "--model", str(tmp_path), "--max-chars", "0"]) != 0
+    assert "--max-chars must be positive" in capsys.readouterr().err
+    assert run_cli(cli.main, ["nonsense"]) != 0
+    assert capsys.readouterr().err.startswith("error: usage: seq2seq {train,translate,export,serve,bench}")
     assert run_cli(cli.main, ["--help"]) == 0 and "usage: seq2seq" in capsys.readouterr().out
