@@ -20,6 +20,12 @@ greedy decoding.
   length))``, where the alive hypotheses are finished as they are (without EOS). A sentence
   that is done leaves the loop's tensors (its rows are gathered out), so later steps compute
   only the sentences still searched; the loop ends when none is left.
+- Sampling (``sampling`` given) is the same loop with the candidate selection replaced: each of
+  a sentence's ``beam`` rows is an independent sample, all alive from the first step, and each
+  step draws one token per row from ``softmax(logits / T)`` (restricted to its ``topk`` most
+  probable tokens unless ``topk`` is 0) instead of taking the best extensions. A sample is
+  scored by the model's own log-probability (untempered, unrestricted), as ``--score`` would
+  score it; a sentence is done when all its samples have ended.
 """
 
 from collections import namedtuple
@@ -30,6 +36,10 @@ from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 NEG_INF = -1e9
 BLOCK = 64  # logits per block of best_tokens' two-stage top-k
+
+Sampling = namedtuple("Sampling", "topk temperature")
+Sampling.__doc__ = """Sampling instead of beam search: ``topk`` python int (0: the whole
+distribution), ``temperature`` python float > 0 (→ 0: greedy; 1: the model's distribution)."""
 
 SearchResult = namedtuple("SearchResult", "tokens scores log_probs lengths attention")
 SearchResult.__doc__ = """Hypotheses of a batch, best first for each sentence.
@@ -107,7 +117,29 @@ def best_tokens(logits, k, block=BLOCK):
     return top_logits - log_norm, tokens
 
 
-def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n_best=1, keep_attention=True):
+def sample_tokens(logits, sampling, seed):
+    """One token per row, drawn from ``softmax(logits / T)`` over the row's ``topk`` most probable
+    tokens (the whole vocabulary when ``topk`` is 0).
+
+    Args:
+      logits: float32 [rows, vocab], logits or log-probabilities.
+      sampling: a ``Sampling``.
+      seed: int32 or int64 [2], the stateless random seed of this draw.
+    Returns:
+      (log_probs float32 [rows, 1], tokens int32 [rows, 1]): the drawn tokens and their
+      log-probabilities under ``logits`` themselves (untempered, over the whole vocabulary).
+    """
+    candidates, tokens = logits, None
+    if 0 < sampling.topk < logits.shape[-1]:
+        candidates, tokens = tf.math.top_k(logits, sampling.topk)  # [rows, topk]
+    drawn = tf.random.stateless_categorical(candidates / sampling.temperature, 1, seed, dtype=tf.int32)
+    if tokens is not None:
+        drawn = tf.gather(tokens, drawn, batch_dims=1)
+    return tf.gather(tf.nn.log_softmax(logits), drawn, batch_dims=1), drawn
+
+
+def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n_best=1, keep_attention=True,
+                sampling=None, seed=None):
     """Batched beam search (see the module docstring).
 
     Args:
@@ -121,10 +153,16 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
       keep_attention: python bool: keep the attention weights of every hypothesis. Their history is
         [batch, beam, out_len, src_len] floats, quadratic in the sentence length; without it
         ``SearchResult.attention`` is an empty [batch, beam, out_len, 0] tensor.
+      sampling: None (beam search) or a ``Sampling``: ``beam_size`` independent samples per
+        sentence (``n_best`` must then be ``beam_size``).
+      seed: int32 or int64 [2], the stateless random seed of the draws (with ``sampling``); step
+        t draws with ``stateless_fold_in(seed, t)``.
     Returns:
       a SearchResult with ``beam_size`` hypotheses per sentence, best first.
     """
     k = beam_size
+    if sampling is not None and n_best != k:
+        raise ValueError(f"sampling returns every sample: n_best must be the beam size {k}, got {n_best}")
     batch, src_len = tf.shape(source)[0], tf.shape(source)[1]
     limits = length_limits(source, max_length_ratio, min_length)  # [batch]
     max_steps = tf.reduce_max(limits)
@@ -144,7 +182,8 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
     live = {
         "index": tf.range(batch),
         "limits": limits,
-        "logp": tf.tile(tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)[None], [batch, 1]),
+        "logp": (tf.zeros([batch, k]) if sampling is not None else  # every sample starts alive
+                 tf.tile(tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)[None], [batch, 1])),
         "open_slots": tf.fill([batch], k),
         "tokens": tf.zeros([batch, k, max_steps], tf.int32),
         "attention": tf.zeros([batch, k, max_steps, kept_src_len]),
@@ -162,7 +201,11 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
         weights = tf.reshape(tf.cast(weights, tf.float32), [n, k, src_len])
         # The sentence's k best extensions are among its hypotheses' own k best tokens: select
         # those first, then the k best of the k × k (closed slots have NEG_INF, never chosen).
-        log_probs, tokens = best_tokens(logits, k)  # [n * k, k']
+        # Sampling draws one token per row instead: the k samples, sorted, are the k "best".
+        if sampling is None:
+            log_probs, tokens = best_tokens(logits, k)  # [n * k, k']
+        else:
+            log_probs, tokens = sample_tokens(logits, sampling, tf.random.experimental.stateless_fold_in(seed, t))
         per_row = log_probs.shape[-1]
         candidates = tf.reshape(tf.reshape(live["logp"], [-1, 1]) + log_probs, [n, k * per_row])
         top_logp, top_index = tf.math.top_k(candidates, k)  # [n, k], best first
@@ -229,24 +272,35 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
 
 
 class Searcher:
-    """Compiled beam search for one model: ``searcher(source)`` -> SearchResult of tensors.
+    """Compiled beam search (or sampling) for one model or an ensemble: ``searcher(source)`` ->
+    SearchResult of tensors.
 
     One ``tf.function`` with a fixed input signature: any batch shape runs through one trace.
+    With ``sampling``, ``searcher(source, seed)`` takes the seed of the batch's draws.
     """
 
-    def __init__(self, model, beam_size, length_penalty, max_length_ratio, min_length, n_best=1, attention=True):
+    def __init__(self, model, beam_size, length_penalty, max_length_ratio, min_length, n_best=1, attention=True,
+                 sampling=None):
         if not 1 <= n_best <= beam_size:
             raise ValueError(f"n_best must be between 1 and the beam size {beam_size}, got {n_best}")
-        self.model = model
+        self.model, self.sampling = model, sampling
         self.beam_size, self.alpha, self.n_best = int(beam_size), float(length_penalty), int(n_best)
         self.attention = bool(attention)
         self.max_length_ratio, self.min_length = float(max_length_ratio), int(min_length)
-        self._search = tf.function(self._run, input_signature=[tf.TensorSpec([None, None], tf.int32)])
+        signature = [tf.TensorSpec([None, None], tf.int32)]
+        if sampling is not None:
+            signature.append(tf.TensorSpec([2], tf.int64))
+        self._search = tf.function(self._run, input_signature=signature)
 
-    def _run(self, source):
+    def _run(self, source, seed=None):
         return beam_search(self.model, source, self.beam_size, self.alpha, self.max_length_ratio,
-                           self.min_length, self.n_best, keep_attention=self.attention)
+                           self.min_length, self.n_best, keep_attention=self.attention, sampling=self.sampling,
+                           seed=seed)
 
-    def __call__(self, source):
-        """source: int32 [batch, src_len] (numpy or tensor) -> SearchResult."""
-        return self._search(tf.convert_to_tensor(source, tf.int32))
+    def __call__(self, source, seed=(0, 0)):
+        """source: int32 [batch, src_len] (numpy or tensor); with sampling, ``seed`` two ints ->
+        SearchResult."""
+        source = tf.convert_to_tensor(source, tf.int32)
+        if self.sampling is None:
+            return self._search(source)
+        return self._search(source, tf.constant(seed, tf.int64))
