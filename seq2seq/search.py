@@ -119,7 +119,7 @@ def best_tokens(logits, k, block=BLOCK):
 
 def sample_tokens(logits, sampling, seed):
     """One token per row, drawn from ``softmax(logits / T)`` over the row's ``topk`` most probable
-    tokens (the whole vocabulary when ``topk`` is 0).
+    tokens (the whole vocabulary when ``topk`` is 0). PAD and BOS, never an output, are never drawn.
 
     Args:
       logits: float32 [rows, vocab], logits or log-probabilities.
@@ -129,7 +129,9 @@ def sample_tokens(logits, sampling, seed):
       (log_probs float32 [rows, 1], tokens int32 [rows, 1]): the drawn tokens and their
       log-probabilities under ``logits`` themselves (untempered, over the whole vocabulary).
     """
-    candidates, tokens = logits, None
+    ids = tf.range(logits.shape[-1])
+    outputs = tf.not_equal(ids, PAD_ID) & tf.not_equal(ids, BOS_ID)  # [vocab]
+    candidates, tokens = tf.where(outputs[None], logits, -float("inf")), None
     if 0 < sampling.topk < logits.shape[-1]:
         candidates, tokens = tf.math.top_k(logits, sampling.topk)  # [rows, topk]
     drawn = tf.random.stateless_categorical(candidates / sampling.temperature, 1, seed, dtype=tf.int32)
