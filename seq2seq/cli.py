@@ -120,7 +120,9 @@ def _check_decoding_options(args):
     """Checks the combinations of ``translate_main``'s options; reads and returns the models'
     configs (the first one's translate settings apply), before TensorFlow loads."""
     require(args, positive=("batch_size", "beam_size", "sampling_temperature"),
-            non_negative=("length_penalty", "sampling_topk"))
+            non_negative=("length_penalty", "sampling_topk", "seed"))
+    if args.seed is not None and args.seed >= 1 << 63:
+        raise UserError(f"--seed must be below 2**63, got {args.seed}")
     configs = [read_model_config(model_dir) for model_dir in args.model]
     check_shared_tokenizers(args.model, configs)
     if args.weights is not None:
@@ -182,7 +184,7 @@ def translate_main(argv=None, prog="translate.py"):
     import_tensorflow()
     from seq2seq.model_dir import load_decoder
     from seq2seq.plots import plot_attention
-    from seq2seq.search import Sampling
+    from seq2seq.sampling import Sampling
     from seq2seq.translate import Translator, alignment, line_chunks, one_line, score
 
     started = time.perf_counter()

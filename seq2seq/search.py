@@ -23,23 +23,20 @@ greedy decoding.
 - Sampling (``sampling`` given) is the same loop with the candidate selection replaced: each of
   a sentence's ``beam`` rows is an independent sample, all alive from the first step, and each
   step draws one token per row from ``softmax(logits / T)`` (restricted to its ``topk`` most
-  probable tokens unless ``topk`` is 0) instead of taking the best extensions. A sample is
-  scored by the model's own log-probability (untempered, unrestricted), as ``--score`` would
-  score it; a sentence is done when all its samples have ended.
+  probable tokens unless ``topk`` is 0; ``seq2seq.sampling``) instead of taking the best
+  extensions. A sample is scored by the model's own log-probability (untempered, unrestricted),
+  as ``--score`` would score it; a sentence is done when all its samples have ended.
 """
 
 from collections import namedtuple
 
 import tensorflow as tf
 
+from seq2seq.sampling import hash_combine, sample_tokens, seed_key
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 NEG_INF = -1e9
 BLOCK = 64  # logits per block of best_tokens' two-stage top-k
-
-Sampling = namedtuple("Sampling", "topk temperature")
-Sampling.__doc__ = """Sampling instead of beam search: ``topk`` python int (0: the whole
-distribution), ``temperature`` python float > 0 (→ 0: greedy; 1: the model's distribution)."""
 
 SearchResult = namedtuple("SearchResult", "tokens scores log_probs lengths attention")
 SearchResult.__doc__ = """Hypotheses of a batch, best first for each sentence.
@@ -117,31 +114,8 @@ def best_tokens(logits, k, block=BLOCK):
     return top_logits - log_norm, tokens
 
 
-def sample_tokens(logits, sampling, seed):
-    """One token per row, drawn from ``softmax(logits / T)`` over the row's ``topk`` most probable
-    tokens (the whole vocabulary when ``topk`` is 0). PAD and BOS, never an output, are never drawn.
-
-    Args:
-      logits: float32 [rows, vocab], logits or log-probabilities.
-      sampling: a ``Sampling``.
-      seed: int32 or int64 [2], the stateless random seed of this draw.
-    Returns:
-      (log_probs float32 [rows, 1], tokens int32 [rows, 1]): the drawn tokens and their
-      log-probabilities under ``logits`` themselves (untempered, over the whole vocabulary).
-    """
-    ids = tf.range(logits.shape[-1])
-    outputs = tf.not_equal(ids, PAD_ID) & tf.not_equal(ids, BOS_ID)  # [vocab]
-    candidates, tokens = tf.where(outputs[None], logits, -float("inf")), None
-    if 0 < sampling.topk < logits.shape[-1]:
-        candidates, tokens = tf.math.top_k(logits, sampling.topk)  # [rows, topk]
-    drawn = tf.random.stateless_categorical(candidates / sampling.temperature, 1, seed, dtype=tf.int32)
-    if tokens is not None:
-        drawn = tf.gather(tokens, drawn, batch_dims=1)
-    return tf.gather(tf.nn.log_softmax(logits), drawn, batch_dims=1), drawn
-
-
 def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n_best=1, keep_attention=True,
-                sampling=None, seed=None):
+                sampling=None, seed=None, lines=None):
     """Batched beam search (see the module docstring).
 
     Args:
@@ -157,8 +131,9 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
         ``SearchResult.attention`` is an empty [batch, beam, out_len, 0] tensor.
       sampling: None (beam search) or a ``Sampling``: ``beam_size`` independent samples per
         sentence (``n_best`` must then be ``beam_size``).
-      seed: int32 or int64 [2], the stateless random seed of the draws (with ``sampling``); step
-        t draws with ``stateless_fold_in(seed, t)``.
+      seed: int64 scalar, the seed of the draws (with ``sampling``).
+      lines: int32 [batch], the sources' line numbers (with ``sampling``): a sentence's samples
+        depend on the seed and its line number only (``seq2seq.sampling``).
     Returns:
       a SearchResult with ``beam_size`` hypotheses per sentence, best first.
     """
@@ -190,6 +165,9 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
         "tokens": tf.zeros([batch, k, max_steps], tf.int32),
         "attention": tf.zeros([batch, k, max_steps, kept_src_len]),
     }
+    if sampling is not None:
+        live["line"] = tf.convert_to_tensor(lines, tf.int32)
+        key = seed_key(tf.convert_to_tensor(seed, tf.int64))
     rows = {"last_token": tf.fill([batch * k], BOS_ID),
             "state": tf.nest.map_structure(lambda x: _tile(x, k), state),
             "memory": tf.nest.map_structure(lambda x: _tile(x, k), memory)}
@@ -207,7 +185,8 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
         if sampling is None:
             log_probs, tokens = best_tokens(logits, k)  # [n * k, k']
         else:
-            log_probs, tokens = sample_tokens(logits, sampling, tf.random.experimental.stateless_fold_in(seed, t))
+            keys = hash_combine(hash_combine(hash_combine(key, live["line"])[:, None], tf.range(k)[None]), t)
+            log_probs, tokens = sample_tokens(logits, sampling, tf.reshape(keys, [-1]))  # [n * k, 1]
         per_row = log_probs.shape[-1]
         candidates = tf.reshape(tf.reshape(live["logp"], [-1, 1]) + log_probs, [n, k * per_row])
         top_logp, top_index = tf.math.top_k(candidates, k)  # [n, k], best first
@@ -278,7 +257,7 @@ class Searcher:
     SearchResult of tensors.
 
     One ``tf.function`` with a fixed input signature: any batch shape runs through one trace.
-    With ``sampling``, ``searcher(source, seed)`` takes the seed of the batch's draws.
+    With ``sampling``, ``searcher(source, seed, lines)`` takes the seed and the sources' line numbers.
     """
 
     def __init__(self, model, beam_size, length_penalty, max_length_ratio, min_length, n_best=1, attention=True,
@@ -291,18 +270,19 @@ class Searcher:
         self.max_length_ratio, self.min_length = float(max_length_ratio), int(min_length)
         signature = [tf.TensorSpec([None, None], tf.int32)]
         if sampling is not None:
-            signature.append(tf.TensorSpec([2], tf.int64))
+            signature += [tf.TensorSpec([], tf.int64), tf.TensorSpec([None], tf.int32)]
         self._search = tf.function(self._run, input_signature=signature)
 
-    def _run(self, source, seed=None):
+    def _run(self, source, seed=None, lines=None):
         return beam_search(self.model, source, self.beam_size, self.alpha, self.max_length_ratio,
                            self.min_length, self.n_best, keep_attention=self.attention, sampling=self.sampling,
-                           seed=seed)
+                           seed=seed, lines=lines)
 
-    def __call__(self, source, seed=(0, 0)):
-        """source: int32 [batch, src_len] (numpy or tensor); with sampling, ``seed`` two ints ->
-        SearchResult."""
+    def __call__(self, source, seed=0, lines=None):
+        """source: int32 [batch, src_len] (numpy or tensor); with sampling, ``seed`` an int and
+        ``lines`` the sources' line numbers (default 0, 1, ...) -> SearchResult."""
         source = tf.convert_to_tensor(source, tf.int32)
         if self.sampling is None:
             return self._search(source)
-        return self._search(source, tf.constant(seed, tf.int64))
+        lines = tf.range(tf.shape(source)[0]) if lines is None else tf.convert_to_tensor(lines, tf.int32)
+        return self._search(source, tf.constant(seed, tf.int64), lines)

@@ -45,15 +45,14 @@ class Translator:
 
     ``beam_size`` defaults to ``translate.beam_size``; 1 is greedy decoding. ``n_best``
     hypotheses are kept per sentence (at most ``beam_size``). With ``sampling`` (a
-    ``seq2seq.search.Sampling``), each sentence gets ``n_best`` independent samples instead
-    (``beam_size`` is ignored), drawn with the seed ``(seed, batch number)`` per batch: the same
-    lines, batching and seed give the same samples.
+    ``seq2seq.sampling.Sampling``), each sentence gets ``n_best`` independent samples instead
+    (``beam_size`` is ignored); a line's samples depend on ``seed`` and its line number only.
     """
 
     def __init__(self, model, tokenizer, translate_config, beam_size=None, n_best=1, sampling=None, seed=0):
         self.model, self.tokenizer, self.config = model, tokenizer, translate_config
         self.beam_size = n_best if sampling is not None else beam_size or translate_config.beam_size
-        self.n_best, self.sampling, self.seed, self.batches = n_best, sampling, int(seed), 0
+        self.n_best, self.sampling, self.seed = n_best, sampling, int(seed)
         # The attention history costs memory quadratic in the length: kept only when asked for.
         self.searchers = {with_attention: Searcher(
             model, self.beam_size, translate_config.length_penalty, translate_config.max_length_ratio,
@@ -68,18 +67,19 @@ class Translator:
         """``encode_sources`` with ``translate.max_input_length``."""
         return encode_sources(self.tokenizer, lines, self.config.max_input_length)
 
-    def _search(self, source, attention):
+    def _search(self, source, attention, lines):
+        """source: int32 [batch, src_len]; lines: their line numbers (for sampling)."""
         if self.sampling is None:
             return self.searchers[attention](source)
-        self.batches += 1
-        return self.searchers[attention](source, (self.seed, self.batches))
+        return self.searchers[attention](source, self.seed, lines)
 
-    def hypotheses(self, lines, batch_size=None, attention=False, truncated=None):
+    def hypotheses(self, lines, batch_size=None, attention=False, truncated=None, first_line=0):
         """The ``n_best`` best translations of each line, best first, as Hypothesis tuples.
 
         Returns a list with one list per input line; a line without any subword gets one empty
         translation with score 0. ``attention=True`` fills in the pieces and attention weights.
         The indices of lines cut to ``max_input_length`` are appended to the list ``truncated``.
+        ``first_line``: the number of ``lines[0]`` in the whole input (samples depend on it).
         """
         batch_size = batch_size or self.config.batch_size
         outputs = [[Hypothesis("", 0.0, [], [], np.zeros((0, 0)) if attention else None)] for _ in lines]
@@ -91,7 +91,7 @@ class Translator:
         order = sorted(todo, key=lambda i: len(encoded[i]))
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            result = self._search(pad([encoded[i] for i in chunk]), attention)
+            result = self._search(pad([encoded[i] for i in chunk]), attention, [first_line + i for i in chunk])
             tokens, scores = np.asarray(result.tokens), np.asarray(result.scores)
             lengths = np.asarray(result.lengths)
             weights = np.asarray(result.attention) if attention else None
@@ -123,7 +123,7 @@ class Translator:
         translations = []
         for chunk in chunks:
             truncated = []
-            results = self.hypotheses(chunk, batch_size, attention, truncated)
+            results = self.hypotheses(chunk, batch_size, attention, truncated, len(translations))
             if on_truncate is not None:
                 for i in truncated:
                     on_truncate(len(translations) + i)

@@ -13,7 +13,8 @@ from seq2seq.dataset import pad
 from seq2seq.ensemble import Ensemble
 from seq2seq.model import Seq2Seq
 from seq2seq.model_dir import load_model
-from seq2seq.search import Sampling, Searcher, length_penalty
+from seq2seq.sampling import Sampling
+from seq2seq.search import Searcher, length_penalty
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 LINES = 40  # test sentences per command-line run
@@ -204,6 +205,20 @@ def test_sampling_is_reproducible_with_a_seed(trained_toy, files):
     assert translate(*options, "--seed", "8") != first
 
 
+def test_a_line_samples_the_same_whatever_its_batch_and_chunk(toy_model, files):
+    from seq2seq.translate import Translator
+
+    config, tokenizer, model = toy_model
+    lines = open(files["src"], encoding="utf-8").read().splitlines()
+    translator = Translator(model, tokenizer, config.translate, n_best=2, sampling=Sampling(0, 3.0), seed=5)
+    whole = translator.translate_stream([lines], lambda i, h: None, batch_size=64)
+    assert translator.translate_stream([lines[:7], lines[7:]], lambda i, h: None, batch_size=5) == whole
+    assert len(set(whole)) > LINES // 2  # at temperature 3, samples vary
+    # A line's samples depend on its number: the same line elsewhere samples otherwise.
+    again = translator.translate_stream([[lines[0]] * 10], lambda i, h: None)
+    assert len(set(again)) > 1
+
+
 def test_sampling_at_temperature_near_zero_is_greedy(trained_toy, files):
     greedy = translate("--model", trained_toy, "--input", files["src"], "--beam-size", "1")
     sampled = translate("--model", trained_toy, "--input", files["src"], "--sampling-temperature", "1e-4",
@@ -271,7 +286,7 @@ def test_sampled_first_tokens_follow_the_tempered_softmax(toy_model, topk, tempe
     kept[top] = logits[top]
     wanted = softmax(kept / temperature)
     searcher = Searcher(model, 1, 0.6, 2.0, 1, attention=False, sampling=Sampling(topk, temperature))
-    tokens = np.asarray(searcher(np.repeat(source, 1000, axis=0), (11, 1)).tokens)[:, 0, 0]
+    tokens = np.asarray(searcher(np.repeat(source, 1000, axis=0), 11).tokens)[:, 0, 0]
     counts = np.bincount(tokens, minlength=len(logits))
     assert set(np.flatnonzero(counts)) <= set(top)
     statistic, df = chi_square(counts, wanted)
@@ -301,7 +316,7 @@ def test_top_k_sampling_never_leaves_the_top_k():
             return logits, state, weights / tf.reduce_sum(weights, -1, keepdims=True)
 
     searcher = Searcher(Fixed(), 4, 0.0, 3.0, 1, n_best=4, sampling=Sampling(3, 1.5))
-    result = searcher(np.array([[5, 6, 7, EOS_ID]] * 50, np.int32), (5, 5))
+    result = searcher(np.array([[5, 6, 7, EOS_ID]] * 50, np.int32), 5)
     tokens, lengths = np.asarray(result.tokens), np.asarray(result.lengths)
     assert np.all(lengths >= 1)
     inside = np.arange(tokens.shape[-1])[None, None] < lengths[..., None]
