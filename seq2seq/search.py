@@ -119,7 +119,7 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
     """Batched beam search (see the module docstring).
 
     Args:
-      model: a ``Seq2Seq`` (anything with ``encode`` and ``decode_step``, whose first output are the
+      model: a ``Seq2Seq`` or an ``Ensemble`` (anything with ``encode`` and ``decode_step``, whose first output are the
         next token's logits or log-probabilities, [rows, vocab], the vocabulary size static).
       source: int32 [batch, src_len], each row ``pieces + [EOS]`` padded with PAD_ID.
       beam_size: python int K ≥ 1.
@@ -280,7 +280,8 @@ class Searcher:
 
     def __call__(self, source, seed=0, lines=None):
         """source: int32 [batch, src_len] (numpy or tensor); with sampling, ``seed`` an int and
-        ``lines`` the sources' line numbers (default 0, 1, ...) -> SearchResult."""
+        ``lines`` the sources' line numbers (default 0, 1, ...; both unused by beam search) ->
+        SearchResult."""
         source = tf.convert_to_tensor(source, tf.int32)
         if self.sampling is None:
             return self._search(source)

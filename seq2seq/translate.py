@@ -67,12 +67,6 @@ class Translator:
         """``encode_sources`` with ``translate.max_input_length``."""
         return encode_sources(self.tokenizer, lines, self.config.max_input_length)
 
-    def _search(self, source, attention, lines):
-        """source: int32 [batch, src_len]; lines: their line numbers (for sampling)."""
-        if self.sampling is None:
-            return self.searchers[attention](source)
-        return self.searchers[attention](source, self.seed, lines)
-
     def hypotheses(self, lines, batch_size=None, attention=False, truncated=None, first_line=0):
         """The ``n_best`` best translations of each line, best first, as Hypothesis tuples.
 
@@ -91,7 +85,8 @@ class Translator:
         order = sorted(todo, key=lambda i: len(encoded[i]))
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            result = self._search(pad([encoded[i] for i in chunk]), attention, [first_line + i for i in chunk])
+            result = self.searchers[attention](pad([encoded[i] for i in chunk]), self.seed,
+                                               [first_line + i for i in chunk])
             tokens, scores = np.asarray(result.tokens), np.asarray(result.scores)
             lengths = np.asarray(result.lengths)
             weights = np.asarray(result.attention) if attention else None

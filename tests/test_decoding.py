@@ -17,7 +17,7 @@ from seq2seq.sampling import Sampling
 from seq2seq.search import Searcher, length_penalty
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
-LINES = 40  # test sentences per command-line run
+LINES = 30  # test sentences per command-line run
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,9 @@ def test_ensemble_members_must_share_their_sentencepiece_models(trained_toy, oth
     assert_one_line_error(result, trained_toy, other_tokenizer_model, "different source SentencePiece models")
     result = run_main("export", "--model", trained_toy, "--model", other_tokenizer_model, "--output", str(tmp_path))
     assert_one_line_error(result, trained_toy, other_tokenizer_model, "SentencePiece")
+    result = run_main("export", "--model", trained_toy, "--model", trained_toy, "--weights", "1",
+                      "--output", str(tmp_path))
+    assert_one_line_error(result, "--weights must be 2 non-negative weights")
     assert not os.listdir(tmp_path)
 
 
@@ -219,11 +222,15 @@ def test_a_line_samples_the_same_whatever_its_batch_and_chunk(toy_model, files):
     assert len(set(again)) > 1
 
 
-def test_sampling_at_temperature_near_zero_is_greedy(trained_toy, files):
-    greedy = translate("--model", trained_toy, "--input", files["src"], "--beam-size", "1")
-    sampled = translate("--model", trained_toy, "--input", files["src"], "--sampling-temperature", "1e-4",
-                        "--seed", "3", "--beam-size", "1")
-    assert sampled == greedy
+def test_sampling_at_temperature_near_zero_is_greedy(toy_model, files):
+    from seq2seq.translate import Translator
+
+    config, tokenizer, model = toy_model
+    lines = open(files["src"], encoding="utf-8").read().splitlines()
+    greedy = Translator(model, tokenizer, config.translate, beam_size=1).translate(lines)
+    cold = Translator(model, tokenizer, config.translate, sampling=Sampling(0, 1e-4), seed=3).translate(lines)
+    warm = Translator(model, tokenizer, config.translate, sampling=Sampling(0, 3.0), seed=3).translate(lines)
+    assert cold == greedy and warm != greedy
 
 
 def test_n_samples_are_scored_by_the_model(trained_toy, files, tmp_path):
