@@ -124,7 +124,7 @@ def test_ensemble_members_must_share_their_sentencepiece_models(trained_toy, oth
     (["--sampling-topk", "-1"], ["--sampling-topk must be non-negative"]),
     (["--seed", "3"], ["--seed applies to sampling only"]),
     (["--score", "REF", "--n-best", "2"], ["--score", "--n-best does not apply"]),
-    (["--score", "REF", "--sampling-topk", "2"], ["--sampling-topk does not apply"]),
+    (["--score", "REF", "--sampling-topk", "0"], ["--sampling-topk does not apply"]),
 ])
 def test_bad_decoding_options_give_one_line(trained_toy, files, args, fragments):
     args = [files["ref"] if arg == "REF" else arg for arg in args]
