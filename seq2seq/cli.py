@@ -137,7 +137,7 @@ def _check_decoding_options(args):
                                            ("--plot-attention", args.plot_attention), ("--reference", args.reference),
                                            ("--beam-size", args.beam_size), ("--sampling-topk", args.sampling_topk),
                                            ("--sampling-temperature", args.sampling_temperature),
-                                           ("--seed", args.seed)) if value not in (None, False)]
+                                           ("--seed", args.seed)) if value is not None and value is not False]
         if given:
             raise UserError(f"--score scores the given translations, without a search: {given[0]} does not apply")
     if sampling:
