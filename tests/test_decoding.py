@@ -154,8 +154,8 @@ def test_score_is_the_teacher_forced_log_probability(trained_toy, toy_model, fil
         targets = open(files[name], encoding="utf-8").read().splitlines()
         result = scored("--model", trained_toy, "--input", files["src"], "--score", files[name], "--batch-size", "16")
         assert result.shape == (LINES, 2)
-        expected = [reference_log_prob(model, tokenizer, s, t) for s, t in zip(sources[:15], targets[:15])]
-        np.testing.assert_allclose(result[:15, 0], expected, atol=1e-4)
+        expected = [reference_log_prob(model, tokenizer, s, t) for s, t in zip(sources[:8], targets[:8])]
+        np.testing.assert_allclose(result[:8, 0], expected, atol=1e-4)
         lengths = np.array([len(ids) + 1 for ids in tokenizer.encode_target(targets)])
         alpha = config.translate.length_penalty
         np.testing.assert_allclose(result[:, 1], result[:, 0] / length_penalty(lengths, alpha).numpy(), atol=1e-5)
