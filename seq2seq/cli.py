@@ -8,21 +8,24 @@ Every command checks its arguments before TensorFlow loads, with the same valida
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import sys
 import time
 
 from seq2seq.config import load_config
-from seq2seq.corpus import check_data, read_lines
+from seq2seq.corpus import check_data, count_lines, read_lines
 from seq2seq.errors import DataError, UserError, run_cli
-from seq2seq.model_dir import read_model_config
+from seq2seq.model_dir import check_shared_tokenizers, read_model_config
 from seq2seq.runtime import import_tensorflow
 
 TRANSLATE_USAGE = """Translates text with a trained model, one output line per input line, in input order.
 
-    translate.py --model DIR [--input PATH|-] [--output PATH|-] [--beam-size N] [--length-penalty A] [--n-best N]
-                 [--alignments] [--plot-attention DIR] [--batch-size N] [--reference PATH] [--metrics PATH]
+    translate.py --model DIR [--model DIR ... [--weights W ...]] [--input PATH|-] [--output PATH|-]
+                 [--beam-size N] [--length-penalty A] [--n-best N] [--alignments] [--plot-attention DIR]
+                 [--batch-size N] [--reference PATH] [--metrics PATH]
+                 [--score TARGET_PATH | --sampling-topk K --sampling-temperature T --seed S]
 
 With --n-best N, each input line gives N lines ``index ||| translation ||| score`` (index from
 0, best first). --alignments appends `` ||| i-j ...`` to each translation: for each output
@@ -30,6 +33,15 @@ subword j, the source subword i with the highest attention. --plot-attention DIR
 DIR/<line>.png, a heatmap of each best translation's attention. With --reference, sacrebleu's
 BLEU and chrF lines (with signatures) go to stderr. --metrics PATH writes the figures as JSON
 (lines, load and translation seconds, lines/s; BLEU, chrF and signatures with --reference).
+
+--model given more than once decodes with the ensemble of the models: the log of their mean
+probability (weighted by --weights) extends the hypotheses; the models must share their
+SentencePiece models, and the first one's config gives the translate settings. --score
+TARGET_PATH scores the given translations instead of searching: one line
+``log_prob<TAB>score`` per (input, target) pair, log P(target | input) and the length-normalized
+score that --n-best prints. --sampling-topk K (0: the whole distribution) and
+--sampling-temperature T draw each token at random instead of searching (--beam-size must be 1);
+--n-best N then gives N independent samples; --seed S makes the draws reproducible.
 """
 
 COMMANDS = ("train", "translate", "export", "serve", "bench")
@@ -73,7 +85,10 @@ def train_main(argv=None, prog="train.py"):
 
 def translate_parser(prog="translate.py"):
     parser = argparse.ArgumentParser(prog=prog, description=TRANSLATE_USAGE.splitlines()[0])
-    parser.add_argument("--model", required=True, help="trained model directory")
+    parser.add_argument("--model", required=True, action="append",
+                        help="trained model directory; given more than once, the ensemble of the models")
+    parser.add_argument("--weights", type=float, nargs="+", metavar="W",
+                        help="the ensemble's weights, one per --model (default: equal)")
     parser.add_argument("--input", default="-", help="source text, one sentence a line (default: stdin)")
     parser.add_argument("--output", default="-", help="where to write translations (default: stdout)")
     parser.add_argument("--beam-size", type=int, default=None,
@@ -91,7 +106,52 @@ def translate_parser(prog="translate.py"):
                         help="print the start-up and translation times (lines/s) to stderr")
     parser.add_argument("--metrics", metavar="PATH",
                         help="write the figures (lines, times, lines/s; BLEU and chrF with --reference) as JSON")
+    parser.add_argument("--score", metavar="TARGET_PATH",
+                        help="score the translations in TARGET_PATH (one per input line): 'log_prob<TAB>score'")
+    parser.add_argument("--sampling-topk", type=int, metavar="K",
+                        help="sample each token from the K most probable ones (0: from all) instead of searching")
+    parser.add_argument("--sampling-temperature", type=float, metavar="T",
+                        help="sample each token from softmax(logits / T) (default 1 when sampling)")
+    parser.add_argument("--seed", type=int, help="random seed of the sampling (default: a fresh one each run)")
     return parser
+
+
+def _check_decoding_options(args):
+    """Checks the combinations of ``translate_main``'s options; reads and returns the models'
+    configs (the first one's translate settings apply), before TensorFlow loads."""
+    require(args, positive=("batch_size", "beam_size", "sampling_temperature"),
+            non_negative=("length_penalty", "sampling_topk", "seed"))
+    if args.seed is not None and args.seed >= 1 << 63:
+        raise UserError(f"--seed must be below 2**63, got {args.seed}")
+    configs = [read_model_config(model_dir) for model_dir in args.model]
+    check_shared_tokenizers(args.model, configs)
+    if args.weights is not None:
+        if len(args.weights) != len(args.model):
+            raise UserError(f"--weights gives {len(args.weights)} weights for {len(args.model)} models "
+                            "(one weight per --model)")
+        if min(args.weights) < 0 or sum(args.weights) <= 0:
+            raise UserError(f"--weights must be non-negative and not all 0, got {' '.join(map(str, args.weights))}")
+    sampling = args.sampling_topk is not None or args.sampling_temperature is not None
+    if args.score:
+        given = [name for name, value in (("--n-best", args.n_best), ("--alignments", args.alignments),
+                                           ("--plot-attention", args.plot_attention), ("--reference", args.reference),
+                                           ("--beam-size", args.beam_size), ("--sampling-topk", args.sampling_topk),
+                                           ("--sampling-temperature", args.sampling_temperature),
+                                           ("--seed", args.seed)) if value is not None and value is not False]
+        if given:
+            raise UserError(f"--score scores the given translations, without a search: {given[0]} does not apply")
+    if sampling:
+        if args.beam_size is not None and args.beam_size > 1:
+            raise UserError(f"--sampling-topk and --sampling-temperature draw one token at a time: --beam-size "
+                            f"must be 1, got {args.beam_size} (--n-best N gives N samples)")
+        require(args, positive=("n_best",))
+    elif args.seed is not None:
+        raise UserError("--seed applies to sampling only (--sampling-topk or --sampling-temperature)")
+    else:
+        beam_size = args.beam_size or configs[0].translate.beam_size
+        if args.n_best is not None and not 1 <= args.n_best <= beam_size:
+            raise UserError(f"--n-best must be between 1 and the beam size ({beam_size}), got {args.n_best}")
+    return configs
 
 
 def _open(path, mode):
@@ -111,26 +171,34 @@ def _read_references(path):
 
 def translate_main(argv=None, prog="translate.py"):
     args = translate_parser(prog).parse_args(argv)
-    require(args, positive=("batch_size", "beam_size"), non_negative=("length_penalty",))
-    config = read_model_config(args.model)  # fail fast, before TensorFlow loads
-    beam_size = args.beam_size or config.translate.beam_size
-    if args.n_best is not None and not 1 <= args.n_best <= beam_size:
-        raise UserError(f"--n-best must be between 1 and the beam size ({beam_size}), got {args.n_best}")
+    config = _check_decoding_options(args)[0]  # fail fast, before TensorFlow loads
+    sampling = args.sampling_topk is not None or args.sampling_temperature is not None
+    beam_size = 1 if sampling else args.beam_size or config.translate.beam_size
     references = _read_references(args.reference) if args.reference else None
+    targets_count = count_lines(args.score) if args.score else None
+    if args.score and args.input != "-":
+        _check_score_lines(args.score, targets_count, args.input, _count_raw_lines(args.input))
     source = _open(args.input, "rb") or contextlib.nullcontext(sys.stdin.buffer)
     target = _open(args.output, "w") or contextlib.nullcontext(sys.stdout)
 
     import_tensorflow()
-    from seq2seq.model_dir import load_model
+    from seq2seq.model_dir import load_decoder
     from seq2seq.plots import plot_attention
+    from seq2seq.sampling import Sampling
     from seq2seq.translate import Translator, alignment, line_chunks, one_line, score
 
     started = time.perf_counter()
-    config, tokenizer, model = load_model(args.model)
+    config, tokenizer, model = load_decoder(args.model, args.weights)
     translate_config = config.translate
     if args.length_penalty is not None:
         translate_config = dataclasses.replace(translate_config, length_penalty=args.length_penalty)
-    translator = Translator(model, tokenizer, translate_config, beam_size, args.n_best or 1)
+    if args.score:
+        with source as binary, target as out:
+            return _score(args, model, tokenizer, translate_config, line_chunks(binary), out, started)
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    translator = Translator(model, tokenizer, translate_config, beam_size, args.n_best or 1,
+                            Sampling(args.sampling_topk or 0, args.sampling_temperature or 1.0) if sampling else None,
+                            seed)
     translator.warm_up(args.alignments or args.plot_attention is not None)
     loaded = time.perf_counter()
 
@@ -161,8 +229,9 @@ def translate_main(argv=None, prog="translate.py"):
     metrics = {"lines": len(hypotheses), "beam_size": beam_size, "load_seconds": round(loaded - started, 3),
                "translate_seconds": round(seconds, 3), "lines_per_sec": round(len(hypotheses) / max(seconds, 1e-9), 1)}
     if args.verbose:
+        how = f"sampling with seed {seed}" if sampling else f"beam {beam_size}"
         print(f"translated {len(hypotheses)} lines in {seconds:.2f} s ({metrics['lines_per_sec']:.1f} "
-              f"lines/s, beam {beam_size}); model loaded and search compiled in "
+              f"lines/s, {how}); model loaded and search compiled in "
               f"{loaded - started:.2f} s", file=sys.stderr)
     if references is not None:
         if len(references) != len(hypotheses):
@@ -174,6 +243,56 @@ def translate_main(argv=None, prog="translate.py"):
         metrics.update(bleu=round(bleu.score, 2), chrf=round(chrf.score, 2), signatures=lines)
     if args.metrics:
         _write_json(args.metrics, metrics)
+
+
+def _count_raw_lines(path):
+    """The lines of ``path`` as ``translate.line_chunks`` reads them (ending at ``\n``; a last
+    line without one counts), whatever their encoding."""
+    count, last = 0, b"\n"
+    with _open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            count, last = count + block.count(b"\n"), block[-1:]
+    return count + (last != b"\n")
+
+
+def _check_score_lines(target_path, targets, source_path, sources):
+    if targets != sources:
+        raise DataError(f"{target_path} has {targets} lines but {source_path} has {sources}: "
+                        "--score needs one target line per input line")
+
+
+def _score(args, model, tokenizer, translate_config, chunks, out, started):
+    """``translate.py --score``: writes ``log_prob<TAB>score`` per pair of an input chunk and
+    the same number of lines of ``args.score``."""
+    from seq2seq.scoring import Scorer
+
+    scorer = Scorer(model, tokenizer, translate_config)
+    scorer.warm_up()
+    loaded = time.perf_counter()
+    targets, sources = (text for _, text in read_lines(args.score)), 0
+    name = "<stdin>" if args.input == "-" else args.input
+    for chunk in chunks:
+        wanted = list(itertools.islice(targets, len(chunk)))
+        if len(wanted) < len(chunk):  # only from a pipe: files were counted first
+            total = sources + len(chunk) + sum(len(rest) for rest in chunks)
+            _check_score_lines(args.score, sources + len(wanted), name, total)
+        truncated = []
+        results = scorer.score(chunk, wanted, args.batch_size, truncated)
+        for i in truncated:
+            print(f"warning: {name}:{sources + i + 1}: longer than translate.max_input_length="
+                  f"{translate_config.max_input_length} subwords; scoring with its beginning only", file=sys.stderr)
+        out.writelines(f"{log_prob:.6f}\t{score:.6f}\n" for log_prob, score in results)
+        out.flush()
+        sources += len(chunk)
+    _check_score_lines(args.score, sources + sum(1 for _ in targets), name, sources)
+    seconds = time.perf_counter() - loaded
+    if args.verbose:
+        print(f"scored {sources} pairs in {seconds:.2f} s; model loaded and scoring compiled in "
+              f"{loaded - started:.2f} s", file=sys.stderr)
+    if args.metrics:
+        _write_json(args.metrics, {"lines": sources, "load_seconds": round(loaded - started, 3),
+                                   "score_seconds": round(seconds, 3),
+                                   "lines_per_sec": round(sources / max(seconds, 1e-9), 1)})
 
 
 def _write_json(path, record):

@@ -1,13 +1,18 @@
 """Exports a trained model as a TensorFlow SavedModel for TensorFlow Serving.
 
-    python -m seq2seq.export --model DIR --output EXPORT_DIR [--version N] [--beam-size N]
-                             [--length-penalty A] [--max-length-ratio R] [--overwrite]
+    python -m seq2seq.export --model DIR [--model DIR ... [--weights W ...]] --output EXPORT_DIR
+                             [--version N] [--beam-size N] [--length-penalty A] [--max-length-ratio R]
+                             [--overwrite]
 
 writes ``EXPORT_DIR/<version>/`` (version 1 by default), the layout TensorFlow Serving loads.
 Its ``serving_default`` signature maps ``text`` (tf.string [batch], raw sentences) to
 ``translation`` (tf.string [batch], detokenized) and ``score`` (tf.float32 [batch], the
 length-normalized log-probability of the translation; 0 for an input without any subword).
-SentencePiece tokenization (tensorflow-text), the beam search of ``seq2seq.search`` and
+Its ``score`` signature maps ``text`` and ``translation`` (tf.string [batch] each, given
+pairs) to ``log_prob`` (tf.float32 [batch], log P(translation | text)) and ``score`` (the
+length-normalized one), the numbers of ``translate.py --score``. ``--model`` given more than
+once exports the ensemble of the models (``seq2seq.ensemble``), with the same signatures; the
+first model's translate settings apply. SentencePiece tokenization (tensorflow-text), the beam search of ``seq2seq.search`` and
 detokenization all run inside the graph, and the SentencePiece model file(s) are copied into
 the SavedModel's ``assets/``. A consumer needs ``tensorflow`` and ``tensorflow_text`` only:
 
@@ -25,15 +30,19 @@ import tempfile
 
 from seq2seq.cli import require
 from seq2seq.errors import UserError, run_cli
-from seq2seq.model_dir import read_model_config
+from seq2seq.model_dir import check_shared_tokenizers, read_model_config
 from seq2seq.runtime import import_tensorflow
 
 SIGNATURE = "serving_default"
+SCORE_SIGNATURE = "score"
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m seq2seq.export", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="trained model directory")
+    parser.add_argument("--model", required=True, action="append",
+                        help="trained model directory; given more than once, the ensemble of the models")
+    parser.add_argument("--weights", type=float, nargs="+", metavar="W",
+                        help="the ensemble's weights, one per --model (default: equal)")
     parser.add_argument("--output", required=True, help="export directory; the SavedModel goes to OUTPUT/VERSION")
     parser.add_argument("--version", type=int, default=1, help="model version, the subdirectory name (default 1)")
     parser.add_argument("--beam-size", type=int, help="beam size (default: translate.beam_size of the config)")
@@ -60,15 +69,18 @@ def _sentencepiece(path):
 
 def build_module(model, tokenizer, beam_size, length_penalty, max_length_ratio, min_output_length,
                  max_input_length):
-    """The tf.Module to save: ``module.translate(text)`` -> {"translation", "score"}, one graph.
+    """The tf.Module to save: ``module.translate(text)`` -> {"translation", "score"} and
+    ``module.score(text, translation)`` -> {"log_prob", "score"}, each one graph.
 
     Args:
-      model: a trained ``Seq2Seq``.
+      model: a trained ``Seq2Seq``, or an ``Ensemble`` of them.
       tokenizer: the model directory's ``Tokenizer`` (its SentencePiece model paths are used).
     """
     import tensorflow as tf
 
+    from seq2seq.scoring import forced_log_probs
     from seq2seq.search import beam_search
+    from seq2seq.search import length_penalty as penalty
     from seq2seq.tokenizer import EOS_ID, PAD_ID
 
     module = tf.Module()
@@ -115,14 +127,37 @@ def build_module(model, tokenizer, beam_size, length_penalty, max_length_ratio, 
         return {"translation": tf.identity(translation, name="translation"),
                 "score": tf.identity(score, name="score")}
 
+    def with_eos(pieces):
+        """int32 ragged [batch, (pieces)] -> int32 [batch, longest + 1], ``pieces + [EOS]`` padded."""
+        eos = tf.fill([pieces.nrows(), 1], tf.constant(EOS_ID, tf.int32))
+        return tf.concat([pieces, tf.RaggedTensor.from_tensor(eos)], axis=1).to_tensor(default_value=PAD_ID)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text"),
+                                  tf.TensorSpec([None], tf.string, name="translation")])
+    def score(text, translation):
+        """text, translation: string [batch] -> log_prob, score: float32 [batch] (as
+        ``translate.py --score``: a source without any subword is read as ``[EOS]``)."""
+        source = with_eos(module.source_tokenizer.tokenize(text)[:, : max_input_length - 1])
+        log_probs, lengths = forced_log_probs(model, source, with_eos(module.target_tokenizer.tokenize(translation)))
+        return {"log_prob": tf.identity(log_probs, name="log_prob"),
+                "score": tf.identity(log_probs / penalty(lengths, length_penalty), name="score")}
+
     module.translate = translate
+    module.score = score
     return module
 
 
 def export(model_dir, output, version=1, beam_size=None, length_penalty=None, max_length_ratio=None,
-           overwrite=False):
-    """Writes the SavedModel of ``model_dir`` to ``output/version``; returns that path."""
-    config = read_model_config(model_dir)
+           overwrite=False, weights=None):
+    """Writes the SavedModel of ``model_dir`` (a directory, or a list of them for an ensemble with
+    ``weights``) to ``output/version``; returns that path."""
+    model_dirs = [model_dir] if isinstance(model_dir, str) else list(model_dir)
+    configs = [read_model_config(path) for path in model_dirs]
+    check_shared_tokenizers(model_dirs, configs)
+    if weights is not None and (len(weights) != len(model_dirs) or min(weights) < 0 or sum(weights) <= 0):
+        raise UserError(f"--weights must be {len(model_dirs)} non-negative weights (one per --model), not all 0, "
+                        f"got {' '.join(map(str, weights))}")
+    config = configs[0]
     target = os.path.join(output, str(version))
     if os.path.exists(target) and not overwrite:
         raise UserError(f"{target}: already exists (choose another --version, or --overwrite to replace it)")
@@ -131,16 +166,16 @@ def export(model_dir, output, version=1, beam_size=None, length_penalty=None, ma
     length_penalty = tcfg.length_penalty if length_penalty is None else length_penalty
     max_length_ratio = max_length_ratio or tcfg.max_length_ratio
     tf = import_tensorflow()
-    from seq2seq.model_dir import load_model
+    from seq2seq.model_dir import load_decoder
 
-    _, tokenizer, model = load_model(model_dir)
+    _, tokenizer, model = load_decoder(model_dirs, weights)
     module = build_module(model, tokenizer, beam_size, length_penalty, max_length_ratio, tcfg.min_output_length,
                           tcfg.max_input_length)
     os.makedirs(output, exist_ok=True)
     # Written beside the target, then renamed: a server watching OUTPUT never sees half a model.
     staging = tempfile.mkdtemp(prefix=f".{version}.", dir=output)
     try:
-        tf.saved_model.save(module, staging, signatures={SIGNATURE: module.translate})
+        tf.saved_model.save(module, staging, signatures={SIGNATURE: module.translate, SCORE_SIGNATURE: module.score})
         if os.path.exists(target):
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -154,8 +189,9 @@ def main(argv=None):
     args = parse_args(argv)
     require(args, positive=("beam_size", "max_length_ratio"), non_negative=("version", "length_penalty"))
     path = export(args.model, args.output, args.version, args.beam_size, args.length_penalty,
-                  args.max_length_ratio, args.overwrite)
-    print(f"exported {args.model} to {path} (signature {SIGNATURE}: text -> translation, score)", file=sys.stderr)
+                  args.max_length_ratio, args.overwrite, args.weights)
+    print(f"exported {' + '.join(args.model)} to {path} (signatures {SIGNATURE}: text -> translation, score; "
+          f"{SCORE_SIGNATURE}: text, translation -> log_prob, score)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@
     DIR/learning_curves.png  training loss and validation BLEU against steps
 """
 
+import hashlib
 import json
 import os
 
@@ -104,6 +105,60 @@ def load_model(model_dir, prefer_best=True):
     except (tf.errors.OpError, AssertionError, ValueError) as error:
         message = str(error).strip().splitlines()[0]
         raise ModelDirError(f"{checkpoint_path}: cannot restore the model ({message})") from None
+    return config, tokenizer, model
+
+
+def sentencepiece_paths(model_dir, config):
+    """The (source, target) SentencePiece model files of ``model_dir`` (the same path twice
+    when its model is joint)."""
+    from seq2seq.tokenizer import JOINT_MODEL, SOURCE_MODEL, TARGET_MODEL
+
+    if config.tokenizer.joint:
+        path = os.path.join(model_dir, JOINT_MODEL)
+        return path, path
+    return os.path.join(model_dir, SOURCE_MODEL), os.path.join(model_dir, TARGET_MODEL)
+
+
+def _digest(path):
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        raise ModelDirError(f"{path}: SentencePiece model not found") from None
+    except OSError as error:
+        raise ModelDirError(f"{path}: cannot read ({error.strerror})") from None
+
+
+def check_shared_tokenizers(model_dirs, configs):
+    """Raises ModelDirError naming two model directories whose source or target SentencePiece
+    models differ (their files' bytes): an ensemble's members must read and write the same ids.
+
+    Args:
+      model_dirs: list of model directories; configs: their ``Config``s, in the same order.
+    """
+    first = [_digest(path) for path in sentencepiece_paths(model_dirs[0], configs[0])]
+    for model_dir, config in zip(model_dirs[1:], configs[1:]):
+        digests = [_digest(path) for path in sentencepiece_paths(model_dir, config)]
+        for side, ours, theirs in zip(("source", "target"), first, digests):
+            if ours != theirs:
+                raise ModelDirError(f"{model_dirs[0]} and {model_dir} have different {side} SentencePiece models: "
+                                    "the models of an ensemble must share their source and target SentencePiece "
+                                    "models")
+
+
+def load_decoder(model_dirs, weights=None):
+    """Loads one model, or an ensemble of several, for decoding.
+
+    Returns ``(config, tokenizer, model)``: the first directory's config and tokenizer, and its
+    ``Seq2Seq`` or, for several directories, an ``Ensemble`` of theirs with ``weights``.
+    ``check_shared_tokenizers`` must have passed.
+    """
+    loaded = [load_model(model_dir) for model_dir in model_dirs]
+    config, tokenizer, model = loaded[0]
+    if len(loaded) > 1:
+        from seq2seq.ensemble import Ensemble
+
+        model = Ensemble([m for _, _, m in loaded], weights)
     return config, tokenizer, model
 
 

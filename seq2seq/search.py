@@ -20,12 +20,19 @@ greedy decoding.
   length))``, where the alive hypotheses are finished as they are (without EOS). A sentence
   that is done leaves the loop's tensors (its rows are gathered out), so later steps compute
   only the sentences still searched; the loop ends when none is left.
+- Sampling (``sampling`` given) is the same loop with the candidate selection replaced: each of
+  a sentence's ``beam`` rows is an independent sample, all alive from the first step, and each
+  step draws one token per row from ``softmax(logits / T)`` (restricted to its ``topk`` most
+  probable tokens unless ``topk`` is 0; ``seq2seq.sampling``) instead of taking the best
+  extensions. A sample is scored by the model's own log-probability (untempered, unrestricted),
+  as ``--score`` would score it; a sentence is done when all its samples have ended.
 """
 
 from collections import namedtuple
 
 import tensorflow as tf
 
+from seq2seq.sampling import hash_combine, sample_tokens, seed_key
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 NEG_INF = -1e9
@@ -107,11 +114,12 @@ def best_tokens(logits, k, block=BLOCK):
     return top_logits - log_norm, tokens
 
 
-def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n_best=1, keep_attention=True):
+def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n_best=1, keep_attention=True,
+                sampling=None, seed=None, lines=None):
     """Batched beam search (see the module docstring).
 
     Args:
-      model: a ``Seq2Seq`` (anything with ``encode`` and ``decode_step``, whose first output are the
+      model: a ``Seq2Seq`` or an ``Ensemble`` (anything with ``encode`` and ``decode_step``, whose first output are the
         next token's logits or log-probabilities, [rows, vocab], the vocabulary size static).
       source: int32 [batch, src_len], each row ``pieces + [EOS]`` padded with PAD_ID.
       beam_size: python int K ≥ 1.
@@ -121,10 +129,17 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
       keep_attention: python bool: keep the attention weights of every hypothesis. Their history is
         [batch, beam, out_len, src_len] floats, quadratic in the sentence length; without it
         ``SearchResult.attention`` is an empty [batch, beam, out_len, 0] tensor.
+      sampling: None (beam search) or a ``Sampling``: ``beam_size`` independent samples per
+        sentence (``n_best`` must then be ``beam_size``).
+      seed: int64 scalar, the seed of the draws (with ``sampling``).
+      lines: int32 [batch], the sources' line numbers (with ``sampling``): a sentence's samples
+        depend on the seed and its line number only (``seq2seq.sampling``).
     Returns:
       a SearchResult with ``beam_size`` hypotheses per sentence, best first.
     """
     k = beam_size
+    if sampling is not None and n_best != k:
+        raise ValueError(f"sampling returns every sample: n_best must be the beam size {k}, got {n_best}")
     batch, src_len = tf.shape(source)[0], tf.shape(source)[1]
     limits = length_limits(source, max_length_ratio, min_length)  # [batch]
     max_steps = tf.reduce_max(limits)
@@ -144,11 +159,15 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
     live = {
         "index": tf.range(batch),
         "limits": limits,
-        "logp": tf.tile(tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)[None], [batch, 1]),
+        "logp": (tf.zeros([batch, k]) if sampling is not None else  # every sample starts alive
+                 tf.tile(tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)[None], [batch, 1])),
         "open_slots": tf.fill([batch], k),
         "tokens": tf.zeros([batch, k, max_steps], tf.int32),
         "attention": tf.zeros([batch, k, max_steps, kept_src_len]),
     }
+    if sampling is not None:
+        live["line"] = tf.convert_to_tensor(lines, tf.int32)
+        key = seed_key(tf.convert_to_tensor(seed, tf.int64))
     rows = {"last_token": tf.fill([batch * k], BOS_ID),
             "state": tf.nest.map_structure(lambda x: _tile(x, k), state),
             "memory": tf.nest.map_structure(lambda x: _tile(x, k), memory)}
@@ -162,7 +181,12 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
         weights = tf.reshape(tf.cast(weights, tf.float32), [n, k, src_len])
         # The sentence's k best extensions are among its hypotheses' own k best tokens: select
         # those first, then the k best of the k × k (closed slots have NEG_INF, never chosen).
-        log_probs, tokens = best_tokens(logits, k)  # [n * k, k']
+        # Sampling draws one token per row instead: the k samples, sorted, are the k "best".
+        if sampling is None:
+            log_probs, tokens = best_tokens(logits, k)  # [n * k, k']
+        else:
+            keys = hash_combine(hash_combine(hash_combine(key, live["line"])[:, None], tf.range(k)[None]), t)
+            log_probs, tokens = sample_tokens(logits, sampling, tf.reshape(keys, [-1]))  # [n * k, 1]
         per_row = log_probs.shape[-1]
         candidates = tf.reshape(tf.reshape(live["logp"], [-1, 1]) + log_probs, [n, k * per_row])
         top_logp, top_index = tf.math.top_k(candidates, k)  # [n, k], best first
@@ -229,24 +253,37 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
 
 
 class Searcher:
-    """Compiled beam search for one model: ``searcher(source)`` -> SearchResult of tensors.
+    """Compiled beam search (or sampling) for one model or an ensemble: ``searcher(source)`` ->
+    SearchResult of tensors.
 
     One ``tf.function`` with a fixed input signature: any batch shape runs through one trace.
+    With ``sampling``, ``searcher(source, seed, lines)`` takes the seed and the sources' line numbers.
     """
 
-    def __init__(self, model, beam_size, length_penalty, max_length_ratio, min_length, n_best=1, attention=True):
+    def __init__(self, model, beam_size, length_penalty, max_length_ratio, min_length, n_best=1, attention=True,
+                 sampling=None):
         if not 1 <= n_best <= beam_size:
             raise ValueError(f"n_best must be between 1 and the beam size {beam_size}, got {n_best}")
-        self.model = model
+        self.model, self.sampling = model, sampling
         self.beam_size, self.alpha, self.n_best = int(beam_size), float(length_penalty), int(n_best)
         self.attention = bool(attention)
         self.max_length_ratio, self.min_length = float(max_length_ratio), int(min_length)
-        self._search = tf.function(self._run, input_signature=[tf.TensorSpec([None, None], tf.int32)])
+        signature = [tf.TensorSpec([None, None], tf.int32)]
+        if sampling is not None:
+            signature += [tf.TensorSpec([], tf.int64), tf.TensorSpec([None], tf.int32)]
+        self._search = tf.function(self._run, input_signature=signature)
 
-    def _run(self, source):
+    def _run(self, source, seed=None, lines=None):
         return beam_search(self.model, source, self.beam_size, self.alpha, self.max_length_ratio,
-                           self.min_length, self.n_best, keep_attention=self.attention)
+                           self.min_length, self.n_best, keep_attention=self.attention, sampling=self.sampling,
+                           seed=seed, lines=lines)
 
-    def __call__(self, source):
-        """source: int32 [batch, src_len] (numpy or tensor) -> SearchResult."""
-        return self._search(tf.convert_to_tensor(source, tf.int32))
+    def __call__(self, source, seed=0, lines=None):
+        """source: int32 [batch, src_len] (numpy or tensor); with sampling, ``seed`` an int and
+        ``lines`` the sources' line numbers (default 0, 1, ...; both unused by beam search) ->
+        SearchResult."""
+        source = tf.convert_to_tensor(source, tf.int32)
+        if self.sampling is None:
+            return self._search(source)
+        lines = tf.range(tf.shape(source)[0]) if lines is None else tf.convert_to_tensor(lines, tf.int32)
+        return self._search(source, tf.constant(seed, tf.int64), lines)

@@ -30,42 +30,50 @@ attention requested, the source and output subword pieces (EOS included) and the
 weights, float [len(target_pieces), len(source_pieces)] (else None, None, None)."""
 
 
+def encode_sources(tokenizer, lines, limit):
+    """Source ids (``pieces + [EOS]``) of each line, cut to ``limit`` ids; returns ``(ids,
+    truncated)`` with ``truncated`` the indices of the lines that were cut."""
+    encoded = tokenizer.encode_source(lines)
+    truncated = [i for i, ids in enumerate(encoded) if len(ids) > limit]
+    for i in truncated:
+        encoded[i] = encoded[i][: limit - 1] + [EOS_ID]
+    return encoded, truncated
+
+
 class Translator:
-    """Translates lists of sentences with one model; the search is compiled once.
+    """Translates lists of sentences with one model or an ``Ensemble``; the search is compiled once.
 
     ``beam_size`` defaults to ``translate.beam_size``; 1 is greedy decoding. ``n_best``
-    hypotheses are kept per sentence (at most ``beam_size``).
+    hypotheses are kept per sentence (at most ``beam_size``). With ``sampling`` (a
+    ``seq2seq.sampling.Sampling``), each sentence gets ``n_best`` independent samples instead
+    (``beam_size`` is ignored); a line's samples depend on ``seed`` and its line number only.
     """
 
-    def __init__(self, model, tokenizer, translate_config, beam_size=None, n_best=1):
+    def __init__(self, model, tokenizer, translate_config, beam_size=None, n_best=1, sampling=None, seed=0):
         self.model, self.tokenizer, self.config = model, tokenizer, translate_config
-        self.beam_size = beam_size or translate_config.beam_size
-        self.n_best = n_best
+        self.beam_size = n_best if sampling is not None else beam_size or translate_config.beam_size
+        self.n_best, self.sampling, self.seed = n_best, sampling, int(seed)
         # The attention history costs memory quadratic in the length: kept only when asked for.
         self.searchers = {with_attention: Searcher(
             model, self.beam_size, translate_config.length_penalty, translate_config.max_length_ratio,
-            translate_config.min_output_length, n_best, attention=with_attention) for with_attention in (False, True)}
+            translate_config.min_output_length, n_best, attention=with_attention, sampling=sampling)
+            for with_attention in (False, True)}
 
     def warm_up(self, attention=False):
         """Compiles the search (one trace serves every batch shape) on a one-token source."""
         self.searchers[attention](np.full((1, 1), EOS_ID, np.int32))
 
     def encode(self, lines):
-        """Source ids (``pieces + [EOS]``) of each line, cut to ``max_input_length``; returns
-        ``(ids, truncated)`` with ``truncated`` the indices of the lines that were cut."""
-        limit = self.config.max_input_length
-        encoded = self.tokenizer.encode_source(lines)
-        truncated = [i for i, ids in enumerate(encoded) if len(ids) > limit]
-        for i in truncated:
-            encoded[i] = encoded[i][: limit - 1] + [EOS_ID]
-        return encoded, truncated
+        """``encode_sources`` with ``translate.max_input_length``."""
+        return encode_sources(self.tokenizer, lines, self.config.max_input_length)
 
-    def hypotheses(self, lines, batch_size=None, attention=False, truncated=None):
+    def hypotheses(self, lines, batch_size=None, attention=False, truncated=None, first_line=0):
         """The ``n_best`` best translations of each line, best first, as Hypothesis tuples.
 
         Returns a list with one list per input line; a line without any subword gets one empty
         translation with score 0. ``attention=True`` fills in the pieces and attention weights.
         The indices of lines cut to ``max_input_length`` are appended to the list ``truncated``.
+        ``first_line``: the number of ``lines[0]`` in the whole input (samples depend on it).
         """
         batch_size = batch_size or self.config.batch_size
         outputs = [[Hypothesis("", 0.0, [], [], np.zeros((0, 0)) if attention else None)] for _ in lines]
@@ -77,7 +85,8 @@ class Translator:
         order = sorted(todo, key=lambda i: len(encoded[i]))
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            result = self.searchers[attention](pad([encoded[i] for i in chunk]))
+            result = self.searchers[attention](pad([encoded[i] for i in chunk]), self.seed,
+                                               [first_line + i for i in chunk])
             tokens, scores = np.asarray(result.tokens), np.asarray(result.scores)
             lengths = np.asarray(result.lengths)
             weights = np.asarray(result.attention) if attention else None
@@ -109,7 +118,7 @@ class Translator:
         translations = []
         for chunk in chunks:
             truncated = []
-            results = self.hypotheses(chunk, batch_size, attention, truncated)
+            results = self.hypotheses(chunk, batch_size, attention, truncated, len(translations))
             if on_truncate is not None:
                 for i in truncated:
                     on_truncate(len(translations) + i)

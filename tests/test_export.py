@@ -153,3 +153,47 @@ def test_bench_times_the_savedmodel_like_a_consumer(exported, toy_data, tmp_path
 ])
 def test_bench_bad_options(args, fragment):
     assert_one_line_error(run_main("bench", *args), fragment)
+
+
+def load_signatures(export_dir):
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401 (registers the SentencePiece ops)
+
+    return tf.saved_model.load(export_dir).signatures
+
+
+def test_savedmodel_score_signature_gives_translate_py_scores(exported, trained_toy, tmp_path):
+    import tensorflow as tf
+
+    sources, targets = ["s1 s2 s3", "s4 s5", "", "s7 s8 s9 s1"], ["T13 T3 T10", "T3 T3", "T1", ""]
+    for name, lines in (("src", sources), ("tgt", targets)):
+        (tmp_path / name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    expected = run_main("translate.py", "--model", trained_toy, "--input", str(tmp_path / "src"),
+                        "--score", str(tmp_path / "tgt"))
+    assert expected.returncode == 0, expected.stderr
+    expected = [[float(x) for x in line.split("\t")] for line in expected.stdout.splitlines()]
+    result = load_signatures(exported)["score"](text=tf.constant(sources), translation=tf.constant(targets))
+    assert sorted(result) == ["log_prob", "score"]
+    got = list(zip(result["log_prob"].numpy().tolist(), result["score"].numpy().tolist()))
+    assert len(got) == len(sources)
+    for (log_prob, score), (want_log_prob, want_score) in zip(got, expected):
+        assert log_prob == pytest.approx(want_log_prob, abs=1e-4) and score == pytest.approx(want_score, abs=1e-4)
+    assert min(log_prob for log_prob, _ in got) < -1.0  # the numbers are not all ~0
+
+
+def test_ensemble_exports_as_one_savedmodel_with_the_same_signatures(exported, trained_toy, tmp_path):
+    import tensorflow as tf
+
+    result = run_main("export", "--model", trained_toy, "--model", trained_toy, "--weights", "2", "1",
+                      "--output", str(tmp_path), "--beam-size", "3")
+    assert result.returncode == 0, result.stderr
+    ensemble, alone = load_signatures(str(tmp_path / "1")), load_signatures(exported)
+    lines = tf.constant(["s1 s2 s3", "", "s4 s5 s6 s7", "s9"])
+    ours, theirs = ensemble["serving_default"](text=lines), alone["serving_default"](text=lines)
+    assert ours["translation"].numpy().tolist() == theirs["translation"].numpy().tolist()
+    assert ours["translation"].numpy()[0].decode() == " ".join(toy.translate(["s1", "s2", "s3"]))
+    assert ours["score"].numpy() == pytest.approx(theirs["score"].numpy(), abs=1e-4)
+    translations = tf.constant(["T1 T2", "T3", "", "T5 T6 T7"])
+    ours, theirs = ensemble["score"](text=lines, translation=translations), alone["score"](text=lines,
+                                                                                         translation=translations)
+    assert ours["log_prob"].numpy() == pytest.approx(theirs["log_prob"].numpy(), abs=1e-4)
