@@ -104,15 +104,23 @@ def check_trained(model_dir):
 
 
 def copy_tokenizer(trained_dir, model_dir, joint):
-    """Copies the SentencePiece model(s) of ``trained_dir`` into ``model_dir`` (unless there)."""
+    """Copies the SentencePiece model(s) of ``trained_dir`` into ``model_dir``; raises UserError
+    if ``model_dir`` already holds other ones (the trained weights would read other ids)."""
     from seq2seq.tokenizer import Tokenizer
 
     for model_path in sorted(set(Tokenizer.model_paths(trained_dir, joint))):
         for path in (model_path, model_path[: -len(".model")] + ".vocab"):
             target = os.path.join(model_dir, os.path.basename(path))
-            if os.path.isfile(path) and not os.path.isfile(target):
-                shutil.copyfile(path, target + ".tmp")
-                os.replace(target + ".tmp", target)
+            if not os.path.isfile(path):
+                continue
+            if os.path.isfile(target):
+                with open(path, "rb") as a, open(target, "rb") as b:
+                    if a.read() != b.read():
+                        raise UserError(f"{target}: another SentencePiece model than {path}; fine-tune into a new "
+                                        "--model-dir")
+                continue
+            shutil.copyfile(path, target + ".tmp")
+            os.replace(target + ".tmp", target)
 
 
 def restore_weights(model, model_dir, prefer_best=True):
