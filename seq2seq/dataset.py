@@ -175,6 +175,10 @@ def _batched(pairs, training_config, shuffle_seed=None):
     # parallelism to tune.
     options = tf.data.Options()
     options.autotune.enabled = False
+    # Under multi_worker, every worker reads the whole corpus and keeps its share of the batches
+    # (as when the pairs came from Python): sharding by file would give the source file to one
+    # worker and the target file to another.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return pairs.bucket_by_sequence_length(
         _example_length, boundaries, bucket_batch_sizes(boundaries, cfg.batch_tokens, cfg.max_length),
         padded_shapes=([None], [None]), padding_values=(PAD_ID, PAD_ID)).with_options(options)
