@@ -12,10 +12,10 @@ import tensorflow as tf
 from conftest import assert_one_line_error, run_main, toy, toy_config, write_yaml
 from seq2seq.config import DataConfig, TokenizerConfig, TrainingConfig, config_from_dict, languages
 from seq2seq.corpus import Corpus
-from seq2seq.dataset import _BLANK, encoded_dataset, encoded_pairs, training_dataset
+from seq2seq.dataset import _BLANK, CorpusStats, encoded_dataset, encoded_pairs, training_dataset
 from seq2seq.errors import DataError
 from seq2seq.model_dir import TRAINING_HISTORY, load_model, read_history, read_model_config
-from seq2seq.tokenizer import Tokenizer
+from seq2seq.tokenizer import EOS_ID, Tokenizer
 from seq2seq.translate import Translator
 
 
@@ -231,13 +231,17 @@ def unigram(toy_data, tmp_path_factory):
     return models, Corpus(data.train_source, data.train_target)
 
 
-def test_graph_tokenizer_gives_the_python_tokenizers_ids(unigram):
+@pytest.mark.parametrize("max_length, kept", [(60, 400 + len(TRICKY) - 2), (12, None)])
+def test_graph_tokenizer_gives_the_python_tokenizers_ids(unigram, max_length, kept):
+    """The same pairs, ids and EOS as the Python tokenizer: blank lines skipped (the two of
+    TRICKY), and with max_length 12 the longer pairs too."""
     models, corpus = unigram
-    python = list(encoded_pairs(corpus, models["unigram"], max_length=60))
-    graph = [(s.numpy(), t.numpy()) for s, t in encoded_dataset(corpus, models["unigram"], 60)]
-    assert len(graph) == len(python) == 400 + len(TRICKY) - 2  # the two blank lines are skipped
+    stats = CorpusStats()
+    python = list(encoded_pairs(corpus, models["unigram"], max_length, stats))
+    graph = [(s.numpy(), t.numpy()) for s, t in encoded_dataset(corpus, models["unigram"], max_length)]
+    assert len(graph) == len(python) == (kept or stats.pairs) and (kept or stats.too_long > 50)
     for (ps, pt), (gs, gt) in zip(python, graph):
-        assert ps.tolist() == gs.tolist() and pt.tolist() == gt.tolist()
+        assert ps.tolist() == gs.tolist() and pt.tolist() == gt.tolist() and gs[-1] == gt[-1] == EOS_ID
 
 
 def test_blank_lines_in_the_graph_are_those_python_strips_to_nothing():
