@@ -8,16 +8,17 @@ Every command checks its arguments before TensorFlow loads, with the same valida
 import argparse
 import contextlib
 import dataclasses
+import gzip
 import itertools
 import json
 import os
 import sys
 import time
 
-from seq2seq.config import load_config
-from seq2seq.corpus import check_data, count_lines, read_lines
+from seq2seq.config import fine_tuning_config, load_config
+from seq2seq.corpus import check_data, count_lines, is_gzip, read_lines
 from seq2seq.errors import DataError, UserError, run_cli
-from seq2seq.model_dir import check_shared_tokenizers, read_model_config
+from seq2seq.model_dir import check_shared_tokenizers, check_trained, read_model_config
 from seq2seq.runtime import import_tensorflow
 
 TRANSLATE_USAGE = """Translates text with a trained model, one output line per input line, in input order.
@@ -64,20 +65,29 @@ def train_parser(prog="train.py"):
     parser.add_argument("--model-dir", help="where to write the model (default: runs/<config name>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config key by its dotted path, e.g. training.max_steps=200")
+    parser.add_argument("--init-from", metavar="TRAINED_DIR",
+                        help="fine-tune: a new model directory starts from this trained model (its weights, "
+                             "SentencePiece model(s), model and tokenizer sections) on the config's data")
     return parser
 
 
 def train_main(argv=None, prog="train.py"):
     """Trains (or resumes); returns 128 + the signal's number when Ctrl-C or SIGTERM stopped it."""
     args = train_parser(prog).parse_args(argv)
-    config = load_config(args.config, args.overrides)
+    if args.init_from:
+        config = fine_tuning_config(args.config, args.overrides, check_trained(args.init_from), args.init_from)
+    else:
+        config = load_config(args.config, args.overrides)
     check_data(config.data)
     model_dir = args.model_dir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
+    if args.init_from and os.path.realpath(model_dir) == os.path.realpath(args.init_from):
+        raise UserError(f"--model-dir {model_dir}: fine-tuning writes a new model directory, not the one of "
+                        "--init-from (choose another --model-dir)")
 
     import_tensorflow()  # only once the arguments and data are known to be valid
     from seq2seq.training import Trainer
 
-    trainer = Trainer(config, model_dir)
+    trainer = Trainer(config, model_dir, args.init_from)
     trainer.train()
     if trainer.stop_signal is not None:  # stopped by Ctrl-C or SIGTERM, after saving a checkpoint
         return 128 + trainer.stop_signal
@@ -155,9 +165,15 @@ def _check_decoding_options(args):
 
 
 def _open(path, mode):
+    """``path`` opened (a binary input named .gz decompressed), or None for ``-``."""
     if path == "-":
         return None
     try:
+        if mode == "rb" and is_gzip(path):
+            with open(path, "rb") as f:
+                if f.read(2) != b"\x1f\x8b":
+                    raise DataError(f"{path}: not a gzip file (its name ends in .gz)")
+            return gzip.open(path, "rb")
         return open(path, mode, encoding=None if "b" in mode else "utf-8", newline=None if "b" in mode else "\n")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None

@@ -22,6 +22,10 @@ class DataConfig:
     train_target: str = "data/multi30k/train.en"
     valid_source: str = "data/multi30k/val.de"
     valid_target: str = "data/multi30k/val.en"
+    # One file of source<TAB>target lines instead of the two above (which are then not used).
+    # Any corpus file may be gzip-compressed (name ending in .gz).
+    train: typing.Optional[str] = None
+    valid: typing.Optional[str] = None
 
 
 @dataclass
@@ -31,6 +35,11 @@ class TokenizerConfig:
     model_type: str = "unigram"  # unigram | bpe | word | char (SentencePiece model types)
     character_coverage: float = 1.0
     max_sentences: int = 200_000  # SentencePiece trains on a random sample of at most this many lines
+    # Subword regularization of the training batches (Kudo 2018; BPE-dropout for bpe models):
+    # unigram: inverse temperature of the sampled segmentations; bpe: the merge dropout rate.
+    # 0: off (the one best segmentation). Validation, translation and export never sample.
+    sampling_alpha: float = 0.0
+    nbest_size: int = -1  # unigram: sample among the n best segmentations; -1: among all of them
 
 
 @dataclass
@@ -178,6 +187,13 @@ def _validate(config):
     require(t.vocab_size >= 16, "tokenizer.vocab_size", "must be at least 16")
     require(0 < t.character_coverage <= 1, "tokenizer.character_coverage", "must be in (0, 1]")
     require(t.max_sentences > 0, "tokenizer.max_sentences", "must be positive")
+    require(t.sampling_alpha >= 0, "tokenizer.sampling_alpha", "must be non-negative (0: no sampling)")
+    require(t.sampling_alpha == 0 or t.model_type in ("unigram", "bpe"), "tokenizer.sampling_alpha",
+            f"samples segmentations of unigram and bpe models only, not of {t.model_type} models (set 0)")
+    require(t.model_type != "bpe" or t.sampling_alpha < 1, "tokenizer.sampling_alpha",
+            "is the merge dropout rate of a bpe model: must be below 1")
+    require(t.nbest_size == -1 or 2 <= t.nbest_size <= 512, "tokenizer.nbest_size",
+            "must be -1 (sample among all segmentations) or between 2 and 512")
     for key in ("embedding_dim", "units", "encoder_layers", "decoder_layers"):
         require(getattr(m, key) > 0, f"model.{key}", "must be positive")
     require(m.attention_units is None or m.attention_units > 0, "model.attention_units", "must be positive")
@@ -276,6 +292,39 @@ def load_config(path, overrides=()):
         raise ConfigError(f"{path}: {error}") from None
 
 
+# Keys of the model and tokenizer sections that change how training batches are segmented, not
+# the model: a resumed or fine-tuning run may set them as it likes.
+SEGMENTATION_KEYS = ("tokenizer.sampling_alpha", "tokenizer.nbest_size")
+
+
+def fine_tuning_config(path, overrides, trained, trained_dir):
+    """The config of a run that fine-tunes the model of ``trained_dir`` (its Config: ``trained``).
+
+    The ``data``, ``training`` and ``translate`` sections come from the YAML file at ``path`` with
+    the ``--set`` ``overrides``; the ``model`` and ``tokenizer`` sections are the trained model's
+    (but for ``SEGMENTATION_KEYS``). A key of those two sections that the file or an override sets
+    to another value than the trained model's is a ConfigError naming it.
+    """
+    values = read_yaml(path)
+    try:
+        values = apply_overrides(values, overrides)
+        given = config_from_dict(values)
+        for section in ("model", "tokenizer"):
+            merged = dataclasses.asdict(getattr(trained, section))
+            for key in values.get(section) or {}:
+                new, old = getattr(getattr(given, section), key), merged[key]
+                if f"{section}.{key}" in SEGMENTATION_KEYS:
+                    merged[key] = new
+                elif new != old:
+                    raise ConfigError(f"{section}.{key}={new!r} differs from the model it fine-tunes "
+                                      f"({trained_dir}: {old!r}); fine-tuning keeps the trained model's {section} "
+                                      "section, so leave the key out")
+            values[section] = merged
+        return config_from_dict(values)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
 def save_config(config, path):
     """Writes the fully resolved ``config`` to ``path`` as YAML (atomically)."""
     tmp = f"{path}.tmp"
@@ -285,9 +334,18 @@ def save_config(config, path):
 
 
 def languages(config):
-    """The source and target language codes: the suffixes of the training files (train.de -> de)."""
-    return tuple(os.path.splitext(path)[1].lstrip(".") for path in (config.data.train_source,
-                                                                     config.data.train_target))
+    """The source and target language codes: the suffixes of the training files (train.de -> de,
+    train.de.gz -> de), or with ``data.train`` set the pair in its name (train.de-en.tsv -> de, en)."""
+    def suffix(path):
+        return os.path.splitext(path.removesuffix(".gz"))[1].lstrip(".")
+
+    if config.data.train:
+        pair = suffix(os.path.splitext(config.data.train.removesuffix(".gz"))[0])
+        if pair.count("-") != 1:
+            raise ConfigError(f"config key data.train: cannot tell the languages from {config.data.train!r} "
+                              "(name it like train.de-en.tsv)")
+        return tuple(pair.split("-"))
+    return suffix(config.data.train_source), suffix(config.data.train_target)
 
 
 

@@ -6,7 +6,7 @@ import math
 
 import tensorflow as tf
 
-from seq2seq.corpus import read_parallel
+from seq2seq.corpus import corpus
 from seq2seq.dataset import evaluation_batches
 from seq2seq.errors import UserError
 from seq2seq.optimization import sequence_loss
@@ -21,8 +21,9 @@ class Evaluator:
     def __init__(self, model, tokenizer, config):
         data, training = config.data, config.training
         self.model = model
-        self.batches = evaluation_batches(data.valid_source, data.valid_target, tokenizer, training)
-        pairs = [(s, t) for _, s, t in read_parallel(data.valid_source, data.valid_target)]
+        valid = corpus(data, "valid")
+        self.batches = evaluation_batches(valid, tokenizer, training)
+        pairs = [(s, t) for _, s, t in valid.pairs()]
         self.sources = [s for s, _ in pairs]
         self.references = [t for _, t in pairs]
         self.translator = Translator(model, tokenizer, config.translate, training.validation_beam_size)

@@ -16,8 +16,9 @@
 import hashlib
 import json
 import os
+import shutil
 
-from seq2seq.config import config_from_dict, read_yaml, save_config
+from seq2seq.config import SEGMENTATION_KEYS, config_from_dict, read_yaml, save_config
 from seq2seq.errors import ConfigError, ModelDirError, UserError
 
 FORMAT = 1  # bumped when a model directory written before can no longer be read
@@ -89,22 +90,64 @@ def latest_checkpoint(model_dir, prefer_best=True):
     raise ModelDirError(f"{model_dir}: no trained checkpoint in {' or '.join(folders)}/ (train the model first)")
 
 
-def load_model(model_dir, prefer_best=True):
-    """Loads ``(config, tokenizer, model)`` from a trained model directory, weights restored."""
-    import tensorflow as tf
-
-    from seq2seq.model import Seq2Seq
+def check_trained(model_dir):
+    """Returns the Config of a trained model directory (one with a checkpoint and its SentencePiece
+    model files), or raises ModelDirError; without TensorFlow."""
     from seq2seq.tokenizer import Tokenizer
 
     config = read_model_config(model_dir)
-    tokenizer = Tokenizer.load(model_dir, config.tokenizer.joint)
+    if not any(os.path.isfile(os.path.join(model_dir, folder, "checkpoint")) for folder in (BEST, CHECKPOINTS)):
+        raise ModelDirError(f"{model_dir}: no trained checkpoint in {BEST}/ or {CHECKPOINTS}/ (train the model first)")
+    for path in Tokenizer.model_paths(model_dir, config.tokenizer.joint):
+        if not os.path.isfile(path):
+            raise ModelDirError(f"{path}: SentencePiece model not found")
+    return config
+
+
+def copy_tokenizer(trained_dir, model_dir, joint):
+    """Copies the SentencePiece model(s) of ``trained_dir`` into ``model_dir``; raises UserError
+    if ``model_dir`` already holds other ones (the trained weights would read other ids)."""
+    from seq2seq.tokenizer import Tokenizer
+
+    for model_path in sorted(set(Tokenizer.model_paths(trained_dir, joint))):
+        for path in (model_path, model_path[: -len(".model")] + ".vocab"):
+            target = os.path.join(model_dir, os.path.basename(path))
+            if not os.path.isfile(path):
+                continue
+            if os.path.isfile(target):
+                with open(path, "rb") as a, open(target, "rb") as b:
+                    if a.read() != b.read():
+                        raise UserError(f"{target}: another SentencePiece model than {path}; fine-tune into a new "
+                                        "--model-dir")
+                continue
+            shutil.copyfile(path, target + ".tmp")
+            os.replace(target + ".tmp", target)
+
+
+def restore_weights(model, model_dir, prefer_best=True):
+    """Restores ``model``'s weights from the best checkpoint of ``model_dir`` (the average of the
+    last ones when it scored better; else the last checkpoint); returns the checkpoint's path."""
+    import tensorflow as tf
+
     checkpoint_path = latest_checkpoint(model_dir, prefer_best)
-    model = Seq2Seq.from_config_section(config.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
     try:
         tf.train.Checkpoint(model=model).restore(checkpoint_path).expect_partial().assert_existing_objects_matched()
     except (tf.errors.OpError, AssertionError, ValueError) as error:
         message = str(error).strip().splitlines()[0]
         raise ModelDirError(f"{checkpoint_path}: cannot restore the model ({message})") from None
+    return checkpoint_path
+
+
+def load_model(model_dir, prefer_best=True):
+    """Loads ``(config, tokenizer, model)`` from a trained model directory, weights restored."""
+    from seq2seq.model import Seq2Seq
+    from seq2seq.tokenizer import Tokenizer
+
+    config = read_model_config(model_dir)
+    tokenizer = Tokenizer.load(model_dir, config.tokenizer.joint)
+    latest_checkpoint(model_dir, prefer_best)  # a missing checkpoint is reported before the model is built
+    model = Seq2Seq.from_config_section(config.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
+    restore_weights(model, model_dir, prefer_best)
     return config, tokenizer, model
 
 
@@ -189,7 +232,7 @@ def prepare(model_dir, config):
         for section in ("tokenizer", "model"):
             old, new = getattr(saved, section).__dict__, getattr(config, section).__dict__
             for key in old:
-                if old[key] != new[key]:
+                if old[key] != new[key] and f"{section}.{key}" not in SEGMENTATION_KEYS:
                     raise UserError(f"{model_dir}: was trained with {section}.{key}={old[key]!r}, not {new[key]!r}; "
                                     "use another --model-dir to train a different model")
     save_config(config, config_path)

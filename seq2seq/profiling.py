@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from seq2seq.config import load_config
+from seq2seq.corpus import corpus
 from seq2seq.dataset import decoder_inputs, training_dataset
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import PAD_ID, Tokenizer
@@ -70,7 +71,7 @@ def profile_step(work_dir, config_path, num_batches=40, repeats=7, log=print):
     config = load_config(config_path)
     log("profile: training SentencePiece")
     tokenizer = Tokenizer.train(work_dir, config.data, config.tokenizer, config.training.seed)
-    dataset = training_dataset(config.data.train_source, config.data.train_target, tokenizer, config.training, 0)
+    dataset = training_dataset(corpus(config.data, "train"), tokenizer, config.training, 0, config.tokenizer)
     batches = []
     for batch in dataset.take(num_batches + 5):  # the first batches wait for the shuffle buffer
         batches.append(batch)

@@ -28,7 +28,7 @@ import time
 
 import sentencepiece as spm
 
-from seq2seq.corpus import read_lines
+from seq2seq.corpus import corpus, read_column
 from seq2seq.errors import ConfigError, ModelDirError, UserError
 
 log = logging.getLogger("seq2seq")
@@ -41,15 +41,17 @@ SOURCE_MODEL = "spm.source.model"
 TARGET_MODEL = "spm.target.model"
 
 
-def sample_lines(paths, max_lines, seed):
-    """Returns at most ``max_lines`` non-empty lines drawn uniformly from ``paths``.
+def sample_lines(texts, max_lines, seed):
+    """Returns at most ``max_lines`` non-empty lines drawn uniformly from ``texts``: paths of
+    text files, or ``(path, column)`` pairs for one side of a TSV file (``corpus.read_column``).
 
     Reservoir sampling: one pass over the files, memory bounded by ``max_lines``.
     """
     rng = random.Random(seed)
     sample, seen = [], 0
-    for path in paths:
-        for _, line in read_lines(path):
+    for text in texts:
+        path, column = (text, None) if isinstance(text, str) else text
+        for _, line in read_column(path, column):
             line = line.strip()
             if not line:
                 continue
@@ -63,14 +65,19 @@ def sample_lines(paths, max_lines, seed):
     return sample
 
 
-def train_sentencepiece(paths, model_path, tokenizer_config, seed):
-    """Trains one SentencePiece model on the text of ``paths`` and writes it to ``model_path``.
+def _names(texts):
+    return ", ".join(text if isinstance(text, str) else text[0] for text in texts)
+
+
+def train_sentencepiece(texts, model_path, tokenizer_config, seed):
+    """Trains one SentencePiece model on ``texts`` (as in ``sample_lines``) and writes it to
+    ``model_path``.
 
     The work runs in a child process: the memory of the line sample and of SentencePiece's
     trainer goes back to the system when it ends, instead of staying in the training process
     (on a 2,000,000-line corpus it raised the trainer's peak by 23 MB).
     """
-    request = {"paths": list(paths), "model_path": model_path, "seed": seed,
+    request = {"texts": list(texts), "model_path": model_path, "seed": seed,
                "tokenizer": dataclasses.asdict(tokenizer_config)}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-m", "seq2seq.tokenizer", json.dumps(request)], env=env,
@@ -80,11 +87,12 @@ def train_sentencepiece(paths, model_path, tokenizer_config, seed):
         raise UserError(errors[-1] if errors else f"SentencePiece training failed:\n{result.stderr[-2000:]}")
 
 
-def _train_sentencepiece_here(paths, model_path, tokenizer_config, seed):
+def _train_sentencepiece_here(texts, model_path, tokenizer_config, seed):
     """``train_sentencepiece``'s work, in the current process."""
-    lines = sample_lines(paths, tokenizer_config.max_sentences, seed)
+    lines = sample_lines(texts, tokenizer_config.max_sentences, seed)
+    paths = _names(texts)
     if not lines:
-        raise UserError(f"{', '.join(paths)}: no text to train the tokenizer on")
+        raise UserError(f"{paths}: no text to train the tokenizer on")
     prefix = model_path[: -len(".model")]
     with tempfile.TemporaryDirectory() as tmp:
         text = os.path.join(tmp, "sample.txt")
@@ -104,10 +112,10 @@ def _train_sentencepiece_here(paths, model_path, tokenizer_config, seed):
             if too_small:
                 raise ConfigError(
                     f"config key tokenizer.vocab_size: {tokenizer_config.vocab_size} is too small for the "
-                    f"{int(too_small.group(2)) - 4} different characters of {', '.join(paths)} (and the 4 special "
+                    f"{int(too_small.group(2)) - 4} different characters of {paths} (and the 4 special "
                     f"pieces); raise it to at least {too_small.group(2)} or lower tokenizer.character_coverage"
                 ) from None
-            raise UserError(f"SentencePiece training failed on {', '.join(paths)}: {error}") from None
+            raise UserError(f"SentencePiece training failed on {paths}: {error}") from None
         for ext in (".model", ".vocab"):
             os.replace(os.path.join(tmp, "spm" + ext), prefix + ext)
 
@@ -142,12 +150,12 @@ class Tokenizer:
         """Trains the SentencePiece model(s) into ``model_dir`` and returns the Tokenizer."""
         os.makedirs(model_dir, exist_ok=True)
         source_path, target_path = cls.model_paths(model_dir, tokenizer_config.joint)
+        train = corpus(data_config, "train")
         if tokenizer_config.joint:
-            train_sentencepiece([data_config.train_source, data_config.train_target], source_path,
-                                tokenizer_config, seed)
+            train_sentencepiece([train.texts(0), train.texts(1)], source_path, tokenizer_config, seed)
         else:
-            train_sentencepiece([data_config.train_source], source_path, tokenizer_config, seed)
-            train_sentencepiece([data_config.train_target], target_path, tokenizer_config, seed)
+            train_sentencepiece([train.texts(0)], source_path, tokenizer_config, seed)
+            train_sentencepiece([train.texts(1)], target_path, tokenizer_config, seed)
         return cls(source_path, target_path)
 
     @classmethod
@@ -179,6 +187,28 @@ class Tokenizer:
     def target_vocab_size(self):
         return self.target.get_piece_size()
 
+    def in_graph(self, sampling_alpha=0.0, nbest_size=-1):
+        """The source and target tokenizers as tensorflow-text ``SentencepieceTokenizer`` ops (the
+        same ids as ``encode_source`` and ``encode_target``, without EOS): the best segmentation,
+        or with ``sampling_alpha`` > 0 a sampled one (``nbest_size`` and ``alpha`` as in
+        SentencePiece's ``SampleEncode``; a bpe model drops merges with probability alpha).
+
+        New ones for each dataset: the op's resource does not outlive the first dataset that
+        used it.
+        """
+        import tensorflow as tf
+        import tensorflow_text as tf_text
+
+        nbest_size = nbest_size if sampling_alpha > 0 else 0
+
+        def load(path):
+            with open(path, "rb") as f:
+                return tf_text.SentencepieceTokenizer(model=f.read(), out_type=tf.int32, nbest_size=nbest_size,
+                                                      alpha=sampling_alpha)
+
+        source = load(self.source_model_path)
+        return source, source if self.target is self.source else load(self.target_model_path)
+
     def encode_source(self, lines):
         """Encodes source sentences: list of str -> list of id lists, each ending with EOS."""
         return [ids + [EOS_ID] for ids in self.source.encode(list(lines))]
@@ -203,7 +233,7 @@ def _main(argv):
     from seq2seq.config import TokenizerConfig
 
     request = json.loads(argv[0])
-    _train_sentencepiece_here(request["paths"], request["model_path"], TokenizerConfig(**request["tokenizer"]),
+    _train_sentencepiece_here(request["texts"], request["model_path"], TokenizerConfig(**request["tokenizer"]),
                               request["seed"])
 
 

@@ -23,8 +23,8 @@ import tensorflow as tf
 
 from seq2seq import model_dir as md
 from seq2seq.checkpoints import TrainingState, average_weights, checkpoint_step
-from seq2seq.corpus import check_data
-from seq2seq.dataset import CorpusStats, estimate_batches, training_dataset
+from seq2seq.corpus import check_data, corpus, ignored_keys
+from seq2seq.dataset import estimate_batches, training_dataset
 from seq2seq.distribute import Cluster
 from seq2seq.errors import UserError
 from seq2seq.evaluation import DivergenceGuard, EarlyStopping, Evaluator
@@ -35,10 +35,12 @@ from seq2seq.tokenizer import Tokenizer
 
 
 class Trainer:
-    """Trains ``config`` into ``model_dir``, resuming what is already there."""
+    """Trains ``config`` into ``model_dir``, resuming what is already there. ``init_from``: a
+    trained model directory whose model weights (those translate.py uses) a new run starts from,
+    with its SentencePiece model(s) (fine-tuning; ``config`` has its model and tokenizer)."""
 
-    def __init__(self, config, model_dir):
-        self.config, self.model_dir = config, model_dir
+    def __init__(self, config, model_dir, init_from=None):
+        self.config, self.model_dir, self.init_from = config, model_dir, init_from
         self.stop_signal = None
         self.train_loss = [0.0, 0]  # training loss sum and token count since the last validation
 
@@ -174,16 +176,21 @@ class Trainer:
         self.cluster = Cluster(tcfg.distribution)  # first: MultiWorkerMirroredStrategy must precede other TF work
         if self.cluster.is_chief:
             md.prepare(self.model_dir, cfg)
+            if self.init_from:
+                md.copy_tokenizer(self.init_from, self.model_dir, cfg.tokenizer.joint)
             setup_logging(os.path.join(self.model_dir, md.TRAIN_LOG))
         else:
             self.scratch = tempfile.mkdtemp(prefix="seq2seq-worker-")
             setup_logging()
             log.info("worker %s: the chief writes %s", self.cluster.worker, self.model_dir)
+        for line in ignored_keys(cfg.data):
+            log.info("%s", line)
         keras.utils.set_random_seed(tcfg.seed)
         self.tokenizer = Tokenizer.for_training(self.model_dir, cfg, wait=not self.cluster.is_chief)
-        stats, batches_per_epoch = estimate_batches(cfg.data.train_source, cfg.data.train_target, self.tokenizer, tcfg)
-        if stats.pairs == 0:
-            raise UserError(f"{cfg.data.train_source}: no training pair is non-empty and within "
+        self.corpus = corpus(cfg.data, "train")
+        self.corpus_stats, batches_per_epoch = estimate_batches(self.corpus, self.tokenizer, tcfg, cfg.tokenizer)
+        if self.corpus_stats.pairs == 0:
+            raise UserError(f"{self.corpus.name}: no training pair is non-empty and within "
                             f"training.max_length={tcfg.max_length} tokens")
         total_steps = tcfg.epochs * batches_per_epoch
         if tcfg.max_steps is not None:
@@ -196,8 +203,15 @@ class Trainer:
             self.state.restore(resumed)
             log.info("resumed from %s at step %d (epoch %d, best BLEU %.2f)", resumed, self.step,
                      int(self.state.epoch.numpy()) + 1, self.stopping.best)
+        elif self.init_from:
+            path = md.restore_weights(self.model, self.init_from)
+            log.info("fine-tuning: the model starts from %s; optimizer, schedule, step and best score start "
+                     "afresh", path)
         self.reporter = Reporter(self.model_dir, self.cluster.is_chief)
-        log.info("training data: %s; %d batches an epoch", stats.describe(), batches_per_epoch)
+        log.info("training data: %s; %d batches an epoch", self.corpus_stats.describe(), batches_per_epoch)
+        if cfg.tokenizer.sampling_alpha > 0:
+            log.info("subword regularization: training segmentations sampled with alpha %g, nbest_size %d",
+                     cfg.tokenizer.sampling_alpha, cfg.tokenizer.nbest_size)
         log.info("model: %s, %s parameters; training to step %d", cfg.model.__dict__,
                  f"{self.model.count_params():,}", total_steps)
         if self.cluster.replicas > 1 or tcfg.mixed_precision or tcfg.bfloat16:
@@ -236,9 +250,8 @@ class Trainer:
         now (early stopping, or a signal)."""
         cfg, tcfg = self.config, self.config.training
         epoch = int(self.state.epoch.numpy())
-        stats = CorpusStats()
         batches = self.cluster.strategy.experimental_distribute_dataset(training_dataset(
-            cfg.data.train_source, cfg.data.train_target, self.tokenizer, tcfg, epoch, stats))
+            self.corpus, self.tokenizer, tcfg, epoch, cfg.tokenizer))
         for source, target in batches:
             loss, tokens = self.train_step(source, target)
             loss = float(loss)
@@ -267,7 +280,8 @@ class Trainer:
                 return False
         self.state.epoch.assign_add(1)
         progress.clear()
-        log.info("epoch %d done: %s", epoch + 1, stats.describe())
+        log.info("epoch %d done: %s%s", epoch + 1, self.corpus_stats.describe(),
+                 " (tokens of the best segmentation)" if cfg.tokenizer.sampling_alpha > 0 else "")
         self.guard.check_before_saving(self.step)
         self.state.save()
         return False

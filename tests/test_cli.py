@@ -205,10 +205,12 @@ def test_make_install_gpu_asks_pip_for_both_extras():
 
 
 @pytest.mark.parametrize("config, source, target", [("multi30k_de_en", "de", "en"), ("multi30k_en_de", "en", "de"),
+                                                    ("multi30k_en_fr", "en", "fr"), ("multi30k_fr_en", "fr", "en"),
                                                     ("bench_gru256", "de", "en")])
 def test_make_translate_takes_the_languages_from_the_configs_data_files(config, source, target):
-    assert sorted(os.listdir(os.path.join(ROOT, "configs"))) == ["bench_gru256.yaml", "multi30k_de_en.yaml",
-                                                                 "multi30k_en_de.yaml"]  # every shipped config
+    assert sorted(os.listdir(os.path.join(ROOT, "configs"))) == [
+        "bench_gru256.yaml", "multi30k_de_en.yaml", "multi30k_en_de.yaml", "multi30k_en_fr.yaml",
+        "multi30k_fr_en.yaml"]  # every shipped config
     commands = _make_dry_run("translate", f"CONFIG=configs/{config}.yaml").replace("\\\n", " ")
     line = next(line for line in commands.splitlines() if "translate.py" in line)
     assert f"--input data/multi30k/test_2016_flickr.{source} " in line
