@@ -1,7 +1,9 @@
 """Shared fixtures: the toy task, a small trained model, and running the command lines."""
 
+import fcntl
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +11,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The suite runs its tests two at a time (make test): their ops are small, and one intra-op
+    # thread a process (its subprocesses inherit it) keeps TensorFlow's thread pools from
+    # contending for the cores.
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 
 def load_script(name):
@@ -55,15 +62,36 @@ def toy_data(tmp_path_factory):
     return str(path)
 
 
+def build_once(tmp_path_factory, name, build):
+    """Runs ``build(folder)`` once for the whole test run, in a new folder; returns the folder.
+    Under pytest-xdist the workers share it: the first to ask builds it in the run's common
+    temporary folder while the others wait on a file lock."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = str(tmp_path_factory.mktemp(name))
+        build(folder)
+        return folder
+    folder = tmp_path_factory.getbasetemp().parent / name
+    with open(f"{folder}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(f"{folder}.done"):
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            folder.mkdir()
+            build(str(folder))
+            open(f"{folder}.done", "w").close()
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def trained_toy(toy_data, tmp_path_factory):
-    """A model directory trained on the toy task (about half a minute on 2 cores)."""
+    """A model directory trained on the toy task (about half a minute on 2 cores), read-only for
+    the tests."""
     from seq2seq.config import config_from_dict
     from seq2seq.training import Trainer
 
-    model_dir = str(tmp_path_factory.mktemp("toy_model") / "model")
-    Trainer(config_from_dict(toy_config(toy_data)), model_dir).train()
-    return model_dir
+    def train(folder):
+        Trainer(config_from_dict(toy_config(toy_data)), os.path.join(folder, "model")).train()
+
+    return os.path.join(build_once(tmp_path_factory, "toy_model", train), "model")
 
 
 def write_yaml(path, values):

@@ -90,9 +90,11 @@ def _shipped_training_sections():
 
 @pytest.mark.parametrize("training", _shipped_training_sections())
 def test_two_workers_train_with_a_shipped_training_section_to_the_end(toy_data, training, tmp_path):
-    # The shipped training section (averaging, plateau decay, its batch size) on the toy task and model.
+    # The shipped training section (averaging, plateau decay, its batch size) on the toy task and
+    # model, at the toy task's learning rate.
     values = toy_config(toy_data)
-    values["training"] = {**training, "max_steps": 200, "validate_every": 100}
+    values["training"] = {**training, "max_steps": 100, "validate_every": 50,
+                          "learning_rate": values["training"]["learning_rate"]}
     config = write_yaml(tmp_path / "config.yaml", values)
     model_dir = str(tmp_path / "model")
 
@@ -115,11 +117,11 @@ def test_two_workers_train_with_a_shipped_training_section_to_the_end(toy_data, 
     # To the end (the last validation, averaging, the final save) on both workers, then resumed
     # by both from the chief's checkpoint.
     for stderr in run_workers():
-        assert "average of the 2 models of steps 100, 200" in stderr and "training done at step 200" in stderr
-    outputs = run_workers("--set", "training.max_steps=300")
+        assert "average of the 2 models of steps 50, 100" in stderr and "training done at step 100" in stderr
+    outputs = run_workers("--set", "training.max_steps=150")
     for stderr in outputs:
-        assert "at step 200 (" in stderr and "average of the 3 models of steps 100, 200, 300" in stderr
-        assert "training done at step 300" in stderr
+        assert "at step 100 (" in stderr and "average of the 3 models of steps 50, 100, 150" in stderr
+        assert "training done at step 150" in stderr
     assert "2 replicas (training.distribution=multi_worker)" in outputs[0]
     assert "worker worker:1: the chief writes" in outputs[1]
     # Written once, by the chief; the model directory translates.

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, assert_one_line_error, run_main, toy
+from conftest import ROOT, assert_one_line_error, build_once, run_main, toy
 
 # Run in a separate interpreter, from a directory outside the repository: it must not need (and
 # is checked not to import) the seq2seq package.
@@ -42,12 +42,13 @@ def consume(export_dir, lines, tmp_path):
     return json.loads(outputs.read_text())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def exported(trained_toy, tmp_path_factory):
-    output = tmp_path_factory.mktemp("export")
-    result = run_export("--model", trained_toy, "--output", str(output), "--beam-size", "3")
-    assert result.returncode == 0, result.stderr
-    return str(output / "1")
+    def export(output):
+        result = run_export("--model", trained_toy, "--output", output, "--beam-size", "3")
+        assert result.returncode == 0, result.stderr
+
+    return os.path.join(build_once(tmp_path_factory, "export", export), "1")
 
 
 def test_export_layout_and_assets(exported):
