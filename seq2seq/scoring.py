@@ -78,6 +78,7 @@ class Scorer:
             chunk = order[start:start + batch_size]
             log_probs, lengths = self._score(pad([encoded[i] for i in chunk]), pad([wanted[i] for i in chunk]))
             scores = (log_probs / length_penalty(lengths, alpha)).numpy()
+            log_probs = log_probs.numpy()
             for row, i in enumerate(chunk):
                 results[i] = (float(log_probs[row]), float(scores[row]))
         return results
