@@ -11,7 +11,9 @@ Speed (the default) measures, each in its own process (so that its peak memory i
 - training: ``train.py`` on the reference config (``configs/bench_gru256.yaml``) for a few
   hundred steps; target tokens per second is the median of the log intervals after the first
   ``WARMUP_STEPS`` steps (tracing, first batches), as the model directory's ``training.jsonl``
-  records them;
+  records them; the same for the shipped de→en config (``configs/multi30k_de_en.yaml``); for
+  both, the share of the machine's float32 peak (a 2048³ matmul) that the model's matrix
+  products reach at that rate (``seq2seq/flops.py``);
 - translation: ``translate.py --metrics`` on test_2016_flickr de→en (1,000 lines), greedy and
   beam 5, default batch size; sentences per second after start-up (model loaded, search
   compiled), and wall time including start-up, also for 4,000 lines (the test set 4 times);
@@ -49,6 +51,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_CONFIG = "configs/bench_gru256.yaml"
+SHIPPED_CONFIG = "configs/multi30k_de_en.yaml"
 TEST_SOURCE, TEST_TARGET = "data/multi30k/test_2016_flickr.de", "data/multi30k/test_2016_flickr.en"
 QUALITY_CONFIGS = ("configs/multi30k_de_en.yaml", "configs/multi30k_en_de.yaml", "configs/bench_gru256.yaml")
 WARMUP_STEPS = 100
@@ -142,18 +145,27 @@ class SpeedBench:
         self.commands.append(" ".join(args))
         return [self.python, *args]
 
-    def training(self):
-        model_dir = os.path.join(self.work, "train")
-        self.log(f"training figure: {REFERENCE_CONFIG}, {self.train_steps} steps")
+    def training(self, config=REFERENCE_CONFIG, key="train"):
+        """Trains ``config`` for the training figure's steps; records its steady target tokens/s
+        (``{key}_target_tokens_per_sec``) and the share of the float32 peak that this is."""
+        from seq2seq.flops import model_dir_flops
+
+        model_dir = os.path.join(self.work, key)
+        self.log(f"training figure: {config}, {self.train_steps} steps")
         _, _, wall, rss = run_measured(self.command(
-            "train.py", "--config", REFERENCE_CONFIG, "--model-dir", model_dir,
+            "train.py", "--config", config, "--model-dir", model_dir,
             "--set", f"training.max_steps={self.train_steps}", "--set", "training.validate_every=1000000",
             "--set", "training.log_every=50"))
         rates = steady_rates(model_dir)
         if not rates:
             raise RuntimeError(f"no training figures after step {WARMUP_STEPS} in {model_dir}/training.jsonl")
-        self.results.update(train_target_tokens_per_sec=median(rates), train_peak_rss_mb=round(rss),
-                            train_steps=self.train_steps, train_wall_sec=round(wall, 1))
+        flops = model_dir_flops(model_dir)
+        gflops = median(rates) * flops / 1e9
+        self.results.update({f"{key}_target_tokens_per_sec": median(rates), f"{key}_peak_rss_mb": round(rss),
+                             f"{key}_steps": self.train_steps, f"{key}_wall_sec": round(wall, 1),
+                             f"{key}_mflop_per_target_token": round(flops / 1e6, 2),
+                             f"{key}_gflops": round(gflops, 1),
+                             f"{key}_share_of_peak": round(gflops / self.results["matmul_peak_gflops"], 3)})
         return model_dir
 
     def trained_model(self, quick_model):
@@ -220,7 +232,12 @@ class SpeedBench:
         self.results.update(quick=self.args.quick, config=REFERENCE_CONFIG, repeats=self.repeats,
                             tensorflow_version=tf.__version__, cpu_model=cpu_model(),
                             cpu_cores=len(os.sched_getaffinity(0)))
+        from seq2seq.flops import matmul_peak
+
+        self.log("float32 peak: 2048³ matmul")
+        self.results["matmul_peak_gflops"] = round(matmul_peak(), 1)
         quick_model = self.training()
+        self.training(SHIPPED_CONFIG, "shipped_train")
         model_dir = self.trained_model(quick_model)
         self.results["model"] = model_dir
         self.translation(model_dir)
@@ -255,6 +272,11 @@ def savedmodel_worker(export_dir, input_path, output_path):
 SPEED_ROWS = (
     ("training, target tokens/s (reference config, steady state)", "train_target_tokens_per_sec"),
     ("training, peak RSS (MB)", "train_peak_rss_mb"),
+    ("training, MFLOP a target token (matrix products, forward and backward)", "train_mflop_per_target_token"),
+    ("float32 peak, GFLOP/s (2048³ matmul, default threads)", "matmul_peak_gflops"),
+    ("training, share of the float32 peak (reference config)", "train_share_of_peak"),
+    ("training, target tokens/s (shipped de→en config, steady state)", "shipped_train_target_tokens_per_sec"),
+    ("training, share of the float32 peak (shipped de→en config)", "shipped_train_share_of_peak"),
     ("greedy translation, sentences/s (after start-up)", "translate_greedy_sentences_per_sec"),
     ("beam-5 translation, sentences/s (after start-up)", "translate_beam5_sentences_per_sec"),
     ("beam-5 translate.py, 1,000 lines, wall s (start-up included)", "translate_beam5_wall_sec"),
