@@ -18,7 +18,7 @@ import time
 from seq2seq.config import fine_tuning_config, load_config
 from seq2seq.corpus import check_data, count_lines, is_gzip, read_lines
 from seq2seq.errors import DataError, UserError, run_cli
-from seq2seq.model_dir import check_shared_tokenizers, check_trained, read_model_config
+from seq2seq.model_dir import check_ensemble_weights, check_shared_tokenizers, check_trained, read_model_config
 from seq2seq.runtime import import_tensorflow
 
 TRANSLATE_USAGE = """Translates text with a trained model, one output line per input line, in input order.
@@ -135,12 +135,7 @@ def _check_decoding_options(args):
         raise UserError(f"--seed must be below 2**63, got {args.seed}")
     configs = [read_model_config(model_dir) for model_dir in args.model]
     check_shared_tokenizers(args.model, configs)
-    if args.weights is not None:
-        if len(args.weights) != len(args.model):
-            raise UserError(f"--weights gives {len(args.weights)} weights for {len(args.model)} models "
-                            "(one weight per --model)")
-        if min(args.weights) < 0 or sum(args.weights) <= 0:
-            raise UserError(f"--weights must be non-negative and not all 0, got {' '.join(map(str, args.weights))}")
+    check_ensemble_weights(args.weights, args.model)
     sampling = args.sampling_topk is not None or args.sampling_temperature is not None
     if args.score:
         given = [name for name, value in (("--n-best", args.n_best), ("--alignments", args.alignments),

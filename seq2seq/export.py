@@ -30,7 +30,7 @@ import tempfile
 
 from seq2seq.cli import require
 from seq2seq.errors import UserError, run_cli
-from seq2seq.model_dir import check_shared_tokenizers, read_model_config
+from seq2seq.model_dir import check_ensemble_weights, check_shared_tokenizers, read_model_config
 from seq2seq.runtime import import_tensorflow
 
 SIGNATURE = "serving_default"
@@ -154,9 +154,7 @@ def export(model_dir, output, version=1, beam_size=None, length_penalty=None, ma
     model_dirs = [model_dir] if isinstance(model_dir, str) else list(model_dir)
     configs = [read_model_config(path) for path in model_dirs]
     check_shared_tokenizers(model_dirs, configs)
-    if weights is not None and (len(weights) != len(model_dirs) or min(weights) < 0 or sum(weights) <= 0):
-        raise UserError(f"--weights must be {len(model_dirs)} non-negative weights (one per --model), not all 0, "
-                        f"got {' '.join(map(str, weights))}")
+    check_ensemble_weights(weights, model_dirs)
     config = configs[0]
     target = os.path.join(output, str(version))
     if os.path.exists(target) and not overwrite:

@@ -115,10 +115,9 @@ def copy_tokenizer(trained_dir, model_dir, joint):
             if not os.path.isfile(path):
                 continue
             if os.path.isfile(target):
-                with open(path, "rb") as a, open(target, "rb") as b:
-                    if a.read() != b.read():
-                        raise UserError(f"{target}: another SentencePiece model than {path}; fine-tune into a new "
-                                        "--model-dir")
+                if _digest(path) != _digest(target):
+                    raise UserError(f"{target}: another SentencePiece model than {path}; fine-tune into a new "
+                                    "--model-dir")
                 continue
             shutil.copyfile(path, target + ".tmp")
             os.replace(target + ".tmp", target)
@@ -170,6 +169,16 @@ def _digest(path):
         raise ModelDirError(f"{path}: SentencePiece model not found") from None
     except OSError as error:
         raise ModelDirError(f"{path}: cannot read ({error.strerror})") from None
+
+
+def check_ensemble_weights(weights, model_dirs):
+    """``--weights``: None, or one non-negative weight per model directory, not all 0."""
+    if weights is None:
+        return
+    if len(weights) != len(model_dirs):
+        raise UserError(f"--weights gives {len(weights)} weights for {len(model_dirs)} models (one weight per --model)")
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise UserError(f"--weights must be non-negative and not all 0, got {' '.join(map(str, weights))}")
 
 
 def check_shared_tokenizers(model_dirs, configs):

@@ -111,7 +111,7 @@ def test_ensemble_members_must_share_their_sentencepiece_models(trained_toy, oth
     assert_one_line_error(result, trained_toy, other_tokenizer_model, "SentencePiece")
     result = run_main("export", "--model", trained_toy, "--model", trained_toy, "--weights", "1",
                       "--output", str(tmp_path))
-    assert_one_line_error(result, "--weights must be 2 non-negative weights")
+    assert_one_line_error(result, "--weights gives 1 weights for 2 models")
     assert not os.listdir(tmp_path)
 
 
