@@ -31,8 +31,8 @@ the config's beam size and prints BLEU and chrF with sacreBLEU's signatures.
 Side by side (``--peer joeynmt``) trains and translates with this toolkit and JoeyNMT in
 turns on the same machine (see ``seq2seq/peer.py``).
 
-Profile (``--profile``) times the parts of the reference config's training step (see
-``seq2seq/profiling.py``).
+Profile (``--profile``) times the parts of the reference config's training step, and, with a
+trained ``--model``, where a beam-5 search's time goes (see ``seq2seq/profiling.py``).
 
 Serving (``--serve``) load-tests ``seq2seq serve`` on 127.0.0.1 with dynamic batching and with
 batches of one sentence, every answer checked against ``translate.py`` (see ``seq2seq/loadtest.py``).
@@ -361,14 +361,23 @@ def main(argv=None):
 
         results = peer_bench(args.repeats or 3, log)
     elif args.profile:
-        from seq2seq.profiling import print_profile, profile_step
+        from seq2seq.profiling import print_profile, print_search_profile, profile_search, profile_step
         from seq2seq.runtime import import_tensorflow
 
         import_tensorflow()
         with contextlib.chdir(ROOT), tempfile.TemporaryDirectory(prefix="seq2seq-profile-") as work:
             results = profile_step(work, REFERENCE_CONFIG, num_batches=20 if args.quick else 40,
                                    repeats=1 if args.quick else 7, log=log)
+            if has_checkpoint(os.path.join(ROOT, args.model)):
+                with open(os.path.join(ROOT, TEST_SOURCE), encoding="utf-8") as f:
+                    lines = f.read().splitlines()
+                results["search"] = profile_search(os.path.join(ROOT, args.model), lines[:256] if args.quick else lines,
+                                                   log=log)
+            else:
+                log(f"profile: {args.model} has no trained model, so no beam search profile (--model DIR)")
         print_profile(results)
+        if "search" in results:
+            print_search_profile(results["search"])
     else:
         from seq2seq.runtime import import_tensorflow
 

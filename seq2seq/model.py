@@ -164,7 +164,8 @@ class Decoder(keras.layers.Layer):
         if self.input_feeding:
             if feed_kernel is None:
                 feed_kernel = self._feed_kernel(projected.dtype)
-            projected += tf.matmul(state["feed"], feed_kernel)
+            with tf.name_scope("input_feed"):
+                projected += tf.matmul(state["feed"], feed_kernel)
         new_rnn_state, x = [], None  # x: the previous layer's output
         for i, (rnn, layer_state) in enumerate(zip(self.rnns, state["rnn"])):
             if i > 0:

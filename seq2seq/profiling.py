@@ -7,9 +7,17 @@ gradient clipping and Adam update. A part's cost is the difference between two c
 cuts. The input pipeline is timed on its own (batches produced per second, once its shuffle buffer is full), and the output
 layer is also timed as it was before it skipped padding (every position, one-hot
 Keras cross-entropy), for the record of that optimization in docs/benchmarks.md.
+
+A beam search's time (``profile_search``) is read from TensorFlow's profiler instead, its ops'
+self time grouped by the name scopes they run under (``SEARCH_GROUPS``): the search loop's
+parts cannot be cut apart like the training step's.
 """
 
+import glob
+import json
+import os
 import statistics
+import tempfile
 import time
 
 import keras
@@ -128,3 +136,80 @@ def print_profile(figures):
           f"input pipeline alone: {figures['input_pipeline_batches_per_sec']:.0f} batches/s")
     print(f"output layer, softmax and loss the old way (every position, one-hot targets): "
           f"{figures['output_every_position_one_hot_ms']:.1f} ms a step")
+
+
+# Where a beam step's time goes: the search's ops grouped by the name scope they run under, from
+# TensorFlow's profiler. Checked in order; the first group whose fragment is in an op's name wins.
+SEARCH_GROUPS = (
+    ("encoder (once a batch: embeddings, bidirectional GRU, key projection)", ("encoder", "key_projection")),
+    ("output layer (matmul and bias)", ("output_projection", "tied_output")),
+    ("token selection (log-sum-exp, best tokens of each hypothesis)", ("/select/",)),
+    ("attention (query, scores, softmax, context)", ("attention",)),
+    ("attentional vector (combine)", ("combine",)),
+    ("recurrent step (gates, input feed)", ("recurrent_step", "input_feed", "embedding")),
+    ("beam bookkeeping (the k best of k × k, reordering, finished hypotheses)", ("while/",)),
+)
+
+
+def search_op_groups(op_stats):
+    """Sums the self time of profiled ops by ``SEARCH_GROUPS``.
+
+    Args:
+      op_stats: list of dicts with ``operation`` (the op's name), ``type`` and ``total_self_time``
+        (µs), as TensorFlow's profiler's ``framework_op_stats`` tool reports them.
+    Returns:
+      dict: group name -> ms, plus ``other`` (set-up outside the loop) and ``idle`` (threads waiting).
+    """
+    groups = {name: 0.0 for name, _ in SEARCH_GROUPS}
+    groups.update(other=0.0, idle=0.0)
+    for op in op_stats:
+        ms = op["total_self_time"] / 1000
+        if op["type"] == "IDLE":
+            groups["idle"] += ms
+            continue
+        group = next((name for name, fragments in SEARCH_GROUPS if any(f in op["operation"] for f in fragments)),
+                     "other")
+        groups[group] += ms
+    return groups
+
+
+def profile_search(model_dir, lines, beam_size=5, log=print):
+    """Translates ``lines`` with ``model_dir``'s model under TensorFlow's profiler (after a
+    warm-up batch); returns the translation's seconds, its steps' count and ``search_op_groups``."""
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as profiler_plugin
+
+    from seq2seq.model_dir import load_model
+    from seq2seq.translate import Translator
+
+    config, tokenizer, model = load_model(model_dir)
+    translator = Translator(model, tokenizer, config.translate, beam_size=beam_size)
+    translator.warm_up()
+    translator.translate(lines[:64])
+    with tempfile.TemporaryDirectory(prefix="seq2seq-profile-search-") as logdir:
+        log(f"profile: beam {beam_size}, {len(lines)} lines under the profiler")
+        tf.profiler.experimental.start(logdir)
+        started = time.perf_counter()
+        outputs = translator.translate(lines)
+        seconds = time.perf_counter() - started
+        tf.profiler.experimental.stop()
+        [path] = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+        data, ok = profiler_plugin.xspace_to_tools_data([path], "framework_op_stats", {})
+    if not ok:
+        raise RuntimeError("TensorFlow's profiler gave no op statistics")
+    table = json.loads(data)[0]
+    columns = [column["id"] for column in table["cols"]]
+    ops = [dict(zip(columns, [cell.get("v") if cell else None for cell in row["c"]])) for row in table["rows"]]
+    return {"lines": len(lines), "beam_size": beam_size, "seconds": seconds,
+            "output_words": sum(len(line.split()) for line in outputs), "groups_ms": search_op_groups(ops)}
+
+
+def print_search_profile(figures):
+    groups = figures["groups_ms"]
+    busy = sum(ms for name, ms in groups.items() if name != "idle")
+    print(f"beam {figures['beam_size']}, {figures['lines']:,} lines in {figures['seconds']:.2f} s "
+          f"({figures['output_words']:,} output words); ops' self time, summed over threads:")
+    print("| part | ms | share of the ops' time |\n| --- | --- | --- |")
+    for name, ms in groups.items():
+        if name != "idle":
+            print(f"| {name} | {ms:.1f} | {ms / busy:.0%} |")
+    print(f"| threads idle (waiting for the next op) | {groups['idle']:.1f} | |")

@@ -76,23 +76,24 @@ def step(kind, projected, states, kernel, bias=None):
       output: float [..., batch, units], the new h.
       states: the new states.
     """
-    h = states[0]
-    inner = tf.matmul(h, kernel)
-    if kind == "gru":
-        inner += bias
-        x_z, x_r, x_h = tf.split(projected, 3, axis=-1)
-        r_z, r_r, r_h = tf.split(inner, 3, axis=-1)
-        z = tf.sigmoid(x_z + r_z)
-        candidate = tf.tanh(x_h + tf.sigmoid(x_r + r_r) * r_h)
-        h = z * h + (1 - z) * candidate
+    with tf.name_scope("recurrent_step"):  # the name profiles group by (seq2seq/profiling.py)
+        h = states[0]
+        inner = tf.matmul(h, kernel)
+        if kind == "gru":
+            inner += bias
+            x_z, x_r, x_h = tf.split(projected, 3, axis=-1)
+            r_z, r_r, r_h = tf.split(inner, 3, axis=-1)
+            z = tf.sigmoid(x_z + r_z)
+            candidate = tf.tanh(x_h + tf.sigmoid(x_r + r_r) * r_h)
+            h = z * h + (1 - z) * candidate
+            return h, [h]
+        if kind == "lstm":
+            i, f, c, o = tf.split(projected + inner, 4, axis=-1)
+            c = tf.sigmoid(f) * states[1] + tf.sigmoid(i) * tf.tanh(c)
+            h = tf.sigmoid(o) * tf.tanh(c)
+            return h, [h, c]
+        h = tf.tanh(projected + inner)
         return h, [h]
-    if kind == "lstm":
-        i, f, c, o = tf.split(projected + inner, 4, axis=-1)
-        c = tf.sigmoid(f) * states[1] + tf.sigmoid(i) * tf.tanh(c)
-        h = tf.sigmoid(o) * tf.tanh(c)
-        return h, [h, c]
-    h = tf.tanh(projected + inner)
-    return h, [h]
 
 
 def cell_step(cell, projected, states):

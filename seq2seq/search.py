@@ -182,11 +182,12 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
         # The sentence's k best extensions are among its hypotheses' own k best tokens: select
         # those first, then the k best of the k × k (closed slots have NEG_INF, never chosen).
         # Sampling draws one token per row instead: the k samples, sorted, are the k "best".
-        if sampling is None:
-            log_probs, tokens = best_tokens(logits, k)  # [n * k, k']
-        else:
-            keys = hash_combine(hash_combine(hash_combine(key, live["line"])[:, None], tf.range(k)[None]), t)
-            log_probs, tokens = sample_tokens(logits, sampling, tf.reshape(keys, [-1]))  # [n * k, 1]
+        with tf.name_scope("select"):  # the name profiles group by (seq2seq/profiling.py)
+            if sampling is None:
+                log_probs, tokens = best_tokens(logits, k)  # [n * k, k']
+            else:
+                keys = hash_combine(hash_combine(hash_combine(key, live["line"])[:, None], tf.range(k)[None]), t)
+                log_probs, tokens = sample_tokens(logits, sampling, tf.reshape(keys, [-1]))  # [n * k, 1]
         per_row = log_probs.shape[-1]
         candidates = tf.reshape(tf.reshape(live["logp"], [-1, 1]) + log_probs, [n, k * per_row])
         top_logp, top_index = tf.math.top_k(candidates, k)  # [n, k], best first

@@ -14,7 +14,7 @@ from seq2seq.dataset import decoder_inputs
 from seq2seq.model import Seq2Seq
 from seq2seq.model_dir import TRAINING_HISTORY, load_model, read_history
 from seq2seq.optimization import FusedAdam, LearningRate, cross_entropy, sequence_loss
-from seq2seq.profiling import _cuts, profile_step
+from seq2seq.profiling import SEARCH_GROUPS, _cuts, profile_search, profile_step, search_op_groups
 from seq2seq.training import Trainer
 from seq2seq.translate import Translator
 
@@ -266,3 +266,31 @@ def test_average_weights_is_the_mean_of_the_checkpoints(tmp_path):
     for averaged, *weights in zip(model.get_weights(), *saved):
         np.testing.assert_allclose(averaged, np.mean(weights, axis=0), atol=1e-6)
 
+
+
+def test_search_profile_groups_every_part_of_a_beam_step(trained_toy, toy_data):
+    lines = open(os.path.join(toy_data, "test.src"), encoding="utf-8").read().splitlines()
+    figures = profile_search(trained_toy, lines, beam_size=3, log=lambda _: None)
+    groups = figures["groups_ms"]
+    assert figures["lines"] == len(lines) and figures["output_words"] > 0
+    # The name scopes the profile groups by are where the search runs its ops.
+    for name, _ in SEARCH_GROUPS:
+        assert groups[name] > 0, (name, groups)
+    assert groups["other"] < 0.25 * sum(groups[name] for name, _ in SEARCH_GROUPS), groups
+
+
+def test_search_op_groups_sums_by_the_first_matching_scope():
+    ops = [{"operation": "while/body/_1/while/output_projection_1/BiasAdd", "type": "_MklNativeFusedMatMul",
+            "total_self_time": 3000.0},
+           {"operation": "while/body/_1/while/select/Exp", "type": "Exp", "total_self_time": 1500.0},
+           {"operation": "while/body/_1/while/recurrent_step/MatMul", "type": "MatMul", "total_self_time": 500.0},
+           {"operation": "encoder_1/while/body/_2/encoder_1/while/recurrent_step/MatMul", "type": "MatMul",
+            "total_self_time": 700.0},
+           {"operation": "while/body/_1/while/GatherV2_3", "type": "GatherV2", "total_self_time": 250.0},
+           {"operation": "Repeat_4/Tile", "type": "Tile", "total_self_time": 100.0},
+           {"operation": "IDLE", "type": "IDLE", "total_self_time": 9000.0}]
+    groups = search_op_groups(ops)
+    names = [name for name, _ in SEARCH_GROUPS]
+    assert groups[names[0]] == 0.7  # the encoder's recurrent step counts as the encoder
+    assert groups[names[1]] == 3.0 and groups[names[2]] == 1.5 and groups[names[5]] == 0.5
+    assert groups[names[6]] == 0.25 and groups["other"] == 0.1 and groups["idle"] == 9.0
