@@ -9,6 +9,7 @@ memory, and a line that arrives alone on an open pipe or a terminal is answered 
 """
 
 import codecs
+import concurrent.futures
 import io
 import os
 import select
@@ -23,6 +24,7 @@ from seq2seq.search import Searcher
 from seq2seq.tokenizer import EOS_ID
 
 CHUNK_LINES = 4096  # input lines sorted and translated together
+PARALLEL_BATCHES = 2  # batches searched at once (docs/benchmarks.md measures 1 against 2)
 
 Hypothesis = namedtuple("Hypothesis", "text score source_pieces target_pieces attention")
 Hypothesis.__doc__ = """One translation: detokenized ``text``, its length-normalized ``score``; with
@@ -47,10 +49,14 @@ class Translator:
     hypotheses are kept per sentence (at most ``beam_size``). With ``sampling`` (a
     ``seq2seq.sampling.Sampling``), each sentence gets ``n_best`` independent samples instead
     (``beam_size`` is ignored); a line's samples depend on ``seed`` and its line number only.
+    ``parallel_batches`` batches are searched at once, each in its own thread: a search is a
+    chain of small operations that leaves cores idle, which a second search in flight uses.
     """
 
-    def __init__(self, model, tokenizer, translate_config, beam_size=None, n_best=1, sampling=None, seed=0):
+    def __init__(self, model, tokenizer, translate_config, beam_size=None, n_best=1, sampling=None, seed=0,
+                 parallel_batches=PARALLEL_BATCHES):
         self.model, self.tokenizer, self.config = model, tokenizer, translate_config
+        self.parallel_batches, self._pool = parallel_batches, None
         self.beam_size = n_best if sampling is not None else beam_size or translate_config.beam_size
         self.n_best, self.sampling, self.seed = n_best, sampling, int(seed)
         # The attention history costs memory quadratic in the length: kept only when asked for.
@@ -83,10 +89,13 @@ class Translator:
         todo = [i for i, ids in enumerate(encoded) if len(ids) > 1]  # more than the EOS
         # Sorting by length keeps padding low; outputs go back to their input positions.
         order = sorted(todo, key=lambda i: len(encoded[i]))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            result = self.searchers[attention](pad([encoded[i] for i in chunk]), self.seed,
-                                               [first_line + i for i in chunk])
+        chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+        def search(chunk):
+            return self.searchers[attention](pad([encoded[i] for i in chunk]), self.seed,
+                                             [first_line + i for i in chunk])
+
+        for chunk, result in zip(chunks, self._map(search, chunks)):
             tokens, scores = np.asarray(result.tokens), np.asarray(result.scores)
             lengths = np.asarray(result.lengths)
             weights = np.asarray(result.attention) if attention else None
@@ -97,6 +106,15 @@ class Translator:
                                weights[row, j], lengths[row, j]) if attention else (None, None, None)))
                     for j, text in enumerate(texts)]
         return outputs
+
+    def _map(self, search, chunks):
+        """``map(search, chunks)``, with up to ``parallel_batches`` searches running at once (in
+        order; every batch's result is the same whichever thread ran it)."""
+        if self.parallel_batches == 1 or len(chunks) < 2:
+            return map(search, chunks)
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self.parallel_batches, "search")
+        return self._pool.map(search, chunks)
 
     def _pieces(self, source_ids, target_ids, weights, length):
         source = [self.tokenizer.source.id_to_piece(int(i)) for i in source_ids]

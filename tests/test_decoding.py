@@ -328,3 +328,30 @@ def test_top_k_sampling_never_leaves_the_top_k():
     assert np.all(lengths >= 1)
     inside = np.arange(tokens.shape[-1])[None, None] < lengths[..., None]
     assert set(tokens[inside].tolist()) == {EOS_ID, 4, 5}  # all three seen, nothing else
+
+
+@pytest.mark.parametrize("options", [{"beam_size": 3, "n_best": 2}, {"n_best": 2, "sampling": Sampling(0, 3.0)}],
+                         ids=["beam", "sampling"])
+def test_batches_searched_at_once_give_what_one_at_a_time_gives(toy_model, files, options):
+    import threading
+
+    from seq2seq.translate import Translator
+
+    config, tokenizer, model = toy_model
+    lines = open(files["src"], encoding="utf-8").read().splitlines()
+    results = {}
+    for parallel in (1, 2):
+        translator = Translator(model, tokenizer, config.translate, seed=4, parallel_batches=parallel, **options)
+        searcher, threads = translator.searchers[True], set()
+
+        def recorded(*args, searcher=searcher, threads=threads):
+            threads.add(threading.current_thread().name)
+            return searcher(*args)
+
+        translator.searchers[True] = recorded
+        results[parallel] = translator.hypotheses(lines, batch_size=3, attention=True)
+        assert (threads == {"MainThread"}) == (parallel == 1), threads
+    for one, two in zip(results[1], results[2]):
+        assert [(h.text, h.score, h.target_pieces) for h in one] == [(h.text, h.score, h.target_pieces) for h in two]
+        for a, b in zip(one, two):
+            np.testing.assert_array_equal(a.attention, b.attention)
