@@ -7,13 +7,15 @@ Backends. ``ModelDirBackend`` serves a trained model directory's ``serving_defau
 signatures as TensorFlow Serving's metadata does and run a batch with ``run(key, columns)``.
 
 Batching. The sentences of requests that arrive close together go through one search call.
-Each request (a ``Job``) puts its sentences on one queue. One worker thread takes the oldest
+Each request (a ``Job``) puts its sentences on one queue. A worker thread takes the oldest
 waiting sentence and the others that share its ``key`` (the signature and the request's options,
 which one search call must share), up to ``max_batch_size`` of them, waiting for more at most
 ``timeout`` seconds after that oldest sentence arrived; it sorts them by length (less padding),
 runs them as one batch and hands every request its own results, in its own order, through a
 ``concurrent.futures.Future``. A request larger than a batch is spread over several batches.
-The worker runs off the event loop: the server stays responsive while a batch is searched.
+The workers run off the event loop: the server stays responsive while a batch is searched. With
+two workers (the server's), a second batch is searched while the first is: one search leaves
+cores idle (docs/benchmarks.md).
 ``max_queue`` bounds the sentences accepted and not yet answered (waiting or being searched); a
 request that would go over it is refused with ``QueueFull`` (the server's 503).
 """
@@ -48,12 +50,12 @@ Item = collections.namedtuple("Item", "job index arrived")
 class Batcher:
     """Runs ``run(key, columns) -> list of results`` (``columns``: input name -> list of values, one
     per sentence of the batch; one result per sentence, in that order) on batches of the sentences
-    submitted with the same key, in one worker thread.
+    submitted with the same key, in ``workers`` threads (each runs one batch at a time).
 
     ``length(key, columns, index)`` orders a batch's sentences (by their length).
     """
 
-    def __init__(self, run, length, max_batch_size, timeout, max_queue):
+    def __init__(self, run, length, max_batch_size, timeout, max_queue, workers=1):
         self.run, self.length = run, length
         self.max_batch_size, self.timeout, self.max_queue = max_batch_size, timeout, max_queue
         self.queue = collections.deque()  # Items waiting, oldest first
@@ -61,10 +63,11 @@ class Batcher:
         self.batches = self.sentences = 0  # batches run and their sentences, for /healthz
         self.closed = self.draining = False
         self.condition = threading.Condition()
-        self.worker = threading.Thread(target=self._work, name="batcher", daemon=True)
+        self.workers = [threading.Thread(target=self._work, name=f"batcher-{i}", daemon=True) for i in range(workers)]
 
     def start(self):
-        self.worker.start()
+        for worker in self.workers:
+            worker.start()
 
     def drain(self):
         """From now on, runs what is queued without waiting for fuller batches (the server is
@@ -74,12 +77,13 @@ class Batcher:
             self.condition.notify_all()
 
     def close(self):
-        """Stops taking requests, answers those queued, then stops the worker."""
+        """Stops taking requests, answers those queued, then stops the workers."""
         with self.condition:
             self.closed = True
             self.condition.notify_all()
-        if self.worker.is_alive():
-            self.worker.join()
+        for worker in self.workers:
+            if worker.is_alive():
+                worker.join()
 
     def submit(self, key, columns, size):
         """Queues a request of ``size`` sentences; returns the Future of its list of results.
@@ -127,21 +131,28 @@ class Batcher:
                 results, error = self.run(key, columns), None
             except Exception as exception:  # noqa: BLE001 (handed to the requests: the server's 500)
                 results, error = None, exception
-            with self.condition:
+            answered = []  # (future, result or exception): set once the lock is released
+            with self.condition:  # another worker may be answering other sentences of the same jobs
                 self.pending -= len(batch)
                 self.batches += 1
                 self.sentences += len(batch)
-            for position, item in enumerate(batch):
-                job = item.job
-                if job.future.done():  # an earlier batch of this request failed
-                    continue
-                if error is not None:
-                    job.future.set_exception(error)
-                    continue
-                job.results[item.index] = results[position]
-                job.left -= 1
-                if job.left == 0:
-                    job.future.set_result(job.results)
+                for position, item in enumerate(batch):
+                    job = item.job
+                    if job.left == 0:  # a batch of this request failed
+                        continue
+                    if error is not None:
+                        job.left = 0
+                        answered.append((job.future, error))
+                        continue
+                    job.results[item.index] = results[position]
+                    job.left -= 1
+                    if job.left == 0:
+                        answered.append((job.future, job.results))
+            for future, outcome in answered:
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
 
 
 def tensor_info(dtype, name):

@@ -18,7 +18,7 @@ can also give the n-best list and the attention of each translation.
 Errors are ``{"error": "..."}``: 400 for a malformed body, a missing field or a value of the
 wrong type, 404 for another model name or version, 413 for a body or a sentence over the limits,
 503 when the queue is full. Sentences are batched across requests; one model is in memory,
-searched by one worker thread (``seq2seq/servable.py``). SIGTERM or Ctrl-C finishes the
+searched by two worker threads, a batch each (``seq2seq/servable.py``). SIGTERM or Ctrl-C finishes the
 requests in flight, then exits 0.
 """
 
@@ -42,6 +42,7 @@ from seq2seq.servable import DEFAULT_SIGNATURE
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MODEL_PATH = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<verb>/metadata|:predict)?")
 OPTIONS = ("n_best", "attention")  # request fields of this server's own, for the page
+SEARCH_WORKERS = 2  # batches searched at once (each in its own thread), as translate.py does
 DRAIN_LIMIT = 64 << 20  # bytes of an oversized body read (and dropped) so that its client gets the 413
 
 
@@ -367,7 +368,7 @@ def serve(args, sock, path, version):
     sock.listen(2048)
     body_limit = 4096 + args.max_sentences * (12 * args.max_chars + 64)  # every character escaped as \uXXXX\uXXXX
     batcher = Batcher(backend.run, lambda key, columns, i: len(str(next(iter(columns.values()))[i])),
-                      args.max_batch_size, args.batch_timeout_ms / 1000.0, args.max_queue)
+                      args.max_batch_size, args.batch_timeout_ms / 1000.0, args.max_queue, workers=SEARCH_WORKERS)
     app = build_app(backend, batcher, args, body_limit)
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host

@@ -56,7 +56,8 @@ class Translator:
     def __init__(self, model, tokenizer, translate_config, beam_size=None, n_best=1, sampling=None, seed=0,
                  parallel_batches=PARALLEL_BATCHES):
         self.model, self.tokenizer, self.config = model, tokenizer, translate_config
-        self.parallel_batches, self._pool = parallel_batches, None
+        self.parallel_batches = parallel_batches  # (the pool starts its threads when first used)
+        self._pool = concurrent.futures.ThreadPoolExecutor(parallel_batches, "search") if parallel_batches > 1 else None
         self.beam_size = n_best if sampling is not None else beam_size or translate_config.beam_size
         self.n_best, self.sampling, self.seed = n_best, sampling, int(seed)
         # The attention history costs memory quadratic in the length: kept only when asked for.
@@ -110,10 +111,8 @@ class Translator:
     def _map(self, search, chunks):
         """``map(search, chunks)``, with up to ``parallel_batches`` searches running at once (in
         order; every batch's result is the same whichever thread ran it)."""
-        if self.parallel_batches == 1 or len(chunks) < 2:
+        if self._pool is None or len(chunks) < 2:
             return map(search, chunks)
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(self.parallel_batches, "search")
         return self._pool.map(search, chunks)
 
     def _pieces(self, source_ids, target_ids, weights, length):

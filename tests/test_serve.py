@@ -483,3 +483,23 @@ def test_the_page_in_headless_chromium(server, test_lines, expected, tmp_path):
         assert os.path.getsize(tmp_path / "page.png") > 0
     finally:
         browser.quit()
+
+
+def test_two_batcher_workers_search_two_batches_at_once():
+    both_running = threading.Barrier(2, timeout=30)  # broken (an error) unless two batches run at once
+
+    def run(key, columns):
+        both_running.wait()
+        return [text.upper() for text in columns["text"]]
+
+    batcher = Batcher(run, lambda key, columns, i: 0, max_batch_size=2, timeout=0, max_queue=100, workers=2)
+    batcher.start()
+    futures = [batcher.submit("k", {"text": [f"s{i}a", f"s{i}b"]}, 2) for i in range(6)]
+    # A request spread over the two workers' batches is put together in its own order.
+    futures.append(batcher.submit("k", {"text": ["x", "y", "z", "w"]}, 4))
+    futures.append(batcher.submit("k", {"text": ["v", "u", "t", "r"]}, 4))  # 10 batches: 5 pairs
+    results = [future.result(60) for future in futures]
+    batcher.close()
+    assert results[:6] == [[f"S{i}A", f"S{i}B"] for i in range(6)]
+    assert results[6:] == [["X", "Y", "Z", "W"], ["V", "U", "T", "R"]]
+    assert (batcher.batches, batcher.sentences, batcher.pending) == (10, 20, 0)
