@@ -18,7 +18,8 @@ Speed (the default) measures, each in its own process (so that its peak memory i
   beam 5, default batch size; sentences per second after start-up (model loaded, search
   compiled), and wall time including start-up, also for 4,000 lines (the test set 4 times);
 - the SavedModel (``python -m seq2seq.export``) translating the same lines with beam 5, in
-  batches of the same size sorted by length like ``translate.py``, after one warm-up batch.
+  batches of the same size sorted by length, two in flight, like ``translate.py``, after one
+  warm-up batch.
 
 Translation needs a trained de→en model: ``--model`` (default ``runs/bench_gru256``, trained
 with the reference config first if it has no checkpoint). ``--quick`` (under 5 minutes) uses
@@ -39,6 +40,7 @@ batches of one sentence, every answer checked against ``translate.py`` (see ``se
 """
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -56,6 +58,7 @@ TEST_SOURCE, TEST_TARGET = "data/multi30k/test_2016_flickr.de", "data/multi30k/t
 QUALITY_CONFIGS = ("configs/multi30k_de_en.yaml", "configs/multi30k_en_de.yaml", "configs/bench_gru256.yaml")
 WARMUP_STEPS = 100
 BATCH_SIZE = 64
+PARALLEL_BATCHES = 2
 
 
 
@@ -259,11 +262,14 @@ def savedmodel_worker(export_dir, input_path, output_path):
     translate(text=tf.constant(lines[:BATCH_SIZE]))  # warm-up: first-call set-up
     started = time.perf_counter()
     outputs = [None] * len(lines)
-    for start in range(0, len(order), BATCH_SIZE):
-        batch = order[start:start + BATCH_SIZE]
-        result = translate(text=tf.constant([lines[i] for i in batch]))["translation"].numpy()
-        for i, text in zip(batch, result):
-            outputs[i] = text.decode("utf-8")
+    batches = [order[start:start + BATCH_SIZE] for start in range(0, len(order), BATCH_SIZE)]
+    # Two batches in flight, as translate.py and `seq2seq serve` search them.
+    with concurrent.futures.ThreadPoolExecutor(PARALLEL_BATCHES) as pool:
+        results = pool.map(lambda batch: translate(text=tf.constant([lines[i] for i in batch]))["translation"].numpy(),
+                           batches)
+        for batch, result in zip(batches, results):
+            for i, text in zip(batch, result):
+                outputs[i] = text.decode("utf-8")
     seconds = time.perf_counter() - started
     with open(output_path, "w", encoding="utf-8") as f:
         json.dump({"lines": len(lines), "seconds": seconds, "sentences_per_sec": len(lines) / seconds}, f)
