@@ -18,8 +18,8 @@ can also give the n-best list and the attention of each translation.
 Errors are ``{"error": "..."}``: 400 for a malformed body, a missing field or a value of the
 wrong type, 404 for another model name or version, 413 for a body or a sentence over the limits,
 503 when the queue is full. Sentences are batched across requests; one model is in memory,
-searched by two worker threads, a batch each (``seq2seq/servable.py``). SIGTERM or Ctrl-C finishes the
-requests in flight, then exits 0.
+searched by two worker threads, a batch each (``seq2seq/servable.py``). SIGTERM or Ctrl-C
+finishes the requests in flight, then exits 0.
 """
 
 import argparse
