@@ -52,7 +52,7 @@ export: install
 serve: install
 	$(PY) -m seq2seq.serve $(if $(wildcard $(EXPORT_DIR)/*/saved_model.pb),--export $(EXPORT_DIR),--model $(MODEL_DIR)) $(ARGS)
 
-# Speed figures (docs/benchmarks.md): ARGS=--quick for a run of under 5 minutes.
+# Speed figures (docs/benchmarks.md): ARGS=--quick for a run of about 6 minutes.
 bench: install data
 	$(PY) -m seq2seq.bench --output runs/bench.json $(ARGS)
 

@@ -22,7 +22,7 @@ Speed (the default) measures, each in its own process (so that its peak memory i
   warm-up batch.
 
 Translation needs a trained de→en model: ``--model`` (default ``runs/bench_gru256``, trained
-with the reference config first if it has no checkpoint). ``--quick`` (under 5 minutes) uses
+with the reference config first if it has no checkpoint). ``--quick`` (about 6 minutes) uses
 instead the model its short training run leaves, and runs everything once.
 
 Quality (``--quality``) trains each shipped config if its model directory has no finished
@@ -55,7 +55,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_CONFIG = "configs/bench_gru256.yaml"
 SHIPPED_CONFIG = "configs/multi30k_de_en.yaml"
 TEST_SOURCE, TEST_TARGET = "data/multi30k/test_2016_flickr.de", "data/multi30k/test_2016_flickr.en"
-QUALITY_CONFIGS = ("configs/multi30k_de_en.yaml", "configs/multi30k_en_de.yaml", "configs/bench_gru256.yaml")
 WARMUP_STEPS = 100
 BATCH_SIZE = 64
 PARALLEL_BATCHES = 2
@@ -64,9 +63,9 @@ PARALLEL_BATCHES = 2
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m seq2seq.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a run of under 5 minutes, each figure measured once")
+    parser.add_argument("--quick", action="store_true", help="a run of about 6 minutes, each figure measured once")
     parser.add_argument("--quality", action="store_true", help="BLEU and chrF of the shipped configs instead")
-    parser.add_argument("--profile", action="store_true", help="where a training step's time goes instead")
+    parser.add_argument("--profile", action="store_true", help="where a training step's time goes (and a beam search's, with a trained --model) instead")
     parser.add_argument("--peer", choices=["joeynmt"], help="this toolkit and JoeyNMT side by side instead")
     parser.add_argument("--serve", action="store_true", help="load test of seq2seq serve on --model instead")
     parser.add_argument("--requests", type=int, help="--serve: requests of 1-8 sentences (default 2000)")
@@ -303,39 +302,6 @@ def print_speed_table(results):
         print(f"| {label.ljust(width)} | {results[key]:,} |")
 
 
-def quality(log):
-    from seq2seq.config import load_config
-
-    results = {}
-    for config_path in QUALITY_CONFIGS:
-        name = os.path.splitext(os.path.basename(config_path))[0]
-        model_dir = os.path.join("runs", name)
-        config = load_config(os.path.join(ROOT, config_path))
-        source_lang = os.path.splitext(config.data.train_source)[1]
-        target_lang = os.path.splitext(config.data.train_target)[1]
-        log(f"{name}: training (resumes, or returns at once if done)")
-        _, _, train_wall, _ = run_measured([sys.executable, "train.py", "--config", config_path, "--model-dir",
-                                            model_dir])
-        log(f"{name}: translating test_2016_flickr")
-        metrics = os.path.join(model_dir, f"test_2016_flickr{target_lang}.json")
-        run_measured([
-            sys.executable, "translate.py", "--model", model_dir,
-            "--input", f"data/multi30k/test_2016_flickr{source_lang}",
-            "--reference", f"data/multi30k/test_2016_flickr{target_lang}",
-            "--output", os.path.join(model_dir, f"test_2016_flickr{target_lang}.hyp"), "--metrics", metrics])
-        figures = read_json(metrics)
-        results[name] = {"direction": f"{source_lang[1:]}→{target_lang[1:]}", "beam_size": config.translate.beam_size,
-                         "bleu": figures["bleu"], "chrf": figures["chrf"], "signatures": figures["signatures"],
-                         "train_command_wall_sec": round(train_wall, 1)}
-    print("| config | direction | beam | BLEU | chrF |\n| --- | --- | --- | --- | --- |")
-    for name, r in results.items():
-        print(f"| {name} | {r['direction']} | {r['beam_size']} | {r['bleu']:.2f} | {r['chrf']:.2f} |")
-    for name, r in results.items():
-        for signature in r["signatures"]:
-            print(f"{name}: {signature}")
-    return results
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.savedmodel_worker:
@@ -361,6 +327,8 @@ def main(argv=None):
         results = load_test(args, ROOT, TEST_SOURCE, log)
         print_table(results)
     elif args.quality:
+        from seq2seq.quality import quality
+
         results = quality(log)
     elif args.peer:
         from seq2seq.peer import peer_bench
