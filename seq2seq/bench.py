@@ -65,7 +65,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m seq2seq.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a run of about 6 minutes, each figure measured once")
     parser.add_argument("--quality", action="store_true", help="BLEU and chrF of the shipped configs instead")
-    parser.add_argument("--profile", action="store_true", help="where a training step's time goes (and a beam search's, with a trained --model) instead")
+    parser.add_argument("--profile", action="store_true",
+                        help="where a training step's time goes (and a beam search's, with a trained --model) instead")
     parser.add_argument("--peer", choices=["joeynmt"], help="this toolkit and JoeyNMT side by side instead")
     parser.add_argument("--serve", action="store_true", help="load test of seq2seq serve on --model instead")
     parser.add_argument("--requests", type=int, help="--serve: requests of 1-8 sentences (default 2000)")
