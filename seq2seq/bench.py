@@ -57,7 +57,6 @@ SHIPPED_CONFIG = "configs/multi30k_de_en.yaml"
 TEST_SOURCE, TEST_TARGET = "data/multi30k/test_2016_flickr.de", "data/multi30k/test_2016_flickr.en"
 WARMUP_STEPS = 100
 BATCH_SIZE = 64
-PARALLEL_BATCHES = 2
 
 
 
@@ -254,6 +253,8 @@ def savedmodel_worker(export_dir, input_path, output_path):
     tensorflow and tensorflow_text, as a consumer would; writes JSON to ``output_path``."""
     import tensorflow as tf
     import tensorflow_text  # noqa: F401
+
+    from seq2seq.translate import PARALLEL_BATCHES
 
     translate = tf.saved_model.load(export_dir).signatures["serving_default"]
     with open(input_path, encoding="utf-8") as f:

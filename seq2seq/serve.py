@@ -42,7 +42,6 @@ from seq2seq.servable import DEFAULT_SIGNATURE
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MODEL_PATH = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<verb>/metadata|:predict)?")
 OPTIONS = ("n_best", "attention")  # request fields of this server's own, for the page
-SEARCH_WORKERS = 2  # batches searched at once (each in its own thread), as translate.py does
 DRAIN_LIMIT = 64 << 20  # bytes of an oversized body read (and dropped) so that its client gets the 413
 
 
@@ -367,8 +366,10 @@ def serve(args, sock, path, version):
     backend = SavedModelBackend(path, version) if args.export else ModelDirBackend(path, args.beam_size)
     sock.listen(2048)
     body_limit = 4096 + args.max_sentences * (12 * args.max_chars + 64)  # every character escaped as \uXXXX\uXXXX
+    from seq2seq.translate import PARALLEL_BATCHES  # batches searched at once, by as many workers
+
     batcher = Batcher(backend.run, lambda key, columns, i: len(str(next(iter(columns.values()))[i])),
-                      args.max_batch_size, args.batch_timeout_ms / 1000.0, args.max_queue, workers=SEARCH_WORKERS)
+                      args.max_batch_size, args.batch_timeout_ms / 1000.0, args.max_queue, PARALLEL_BATCHES)
     app = build_app(backend, batcher, args, body_limit)
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
