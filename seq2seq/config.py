@@ -59,6 +59,9 @@ class ModelConfig:
     # recurrent layer (the top ones too) and on the attentional vector before the output layer.
     # attention_input learns faster; the comparison is in docs/benchmarks.md.
     dropout_placement: str = "attention_input"
+    # Word dropout: in training, each source and target input token's embedding is zeroed whole
+    # with this probability (Sennrich and Zhang 2019), before the dropout above.
+    word_dropout: float = 0.0
     embedding_stddev: float = 1.0  # embeddings start N(0, stddev²)
     bridge: str = "mean"  # the decoder's initial state from the encoder outputs' mean | last states
     tie_embeddings: bool = False  # the output layer reuses the target embedding matrix
@@ -198,6 +201,7 @@ def _validate(config):
         require(getattr(m, key) > 0, f"model.{key}", "must be positive")
     require(m.attention_units is None or m.attention_units > 0, "model.attention_units", "must be positive")
     require(0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)")
+    require(0 <= m.word_dropout < 1, "model.word_dropout", "must be in [0, 1)")
     require(m.embedding_stddev > 0, "model.embedding_stddev", "must be positive")
     for key in ("batch_tokens", "max_length", "epochs", "validate_every", "patience", "validation_beam_size",
                 "keep_checkpoints", "shuffle_buffer", "log_every"):

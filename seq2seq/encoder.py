@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from seq2seq import recurrent
-from seq2seq.layers import RNN_LAYERS, drops_after, embedding, track
+from seq2seq.layers import RNN_LAYERS, WordDropout, drops_after, embedding, track
 from seq2seq.tokenizer import PAD_ID
 
 
@@ -12,11 +12,12 @@ class Encoder(keras.layers.Layer):
     """Embedding, dropout, and a stack of (bidirectional) GRU/LSTM/RNN layers with dropout between."""
 
     def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, bidirectional, dropout,
-                 dropout_placement="attention_input", embedding_stddev=1.0, **kwargs):
+                 dropout_placement="attention_input", embedding_stddev=1.0, word_dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.bidirectional, self.dropout = num_layers, cell, bidirectional, dropout
         self.dropout_placement, self.embedding_stddev = dropout_placement, embedding_stddev
+        self.word_dropout = WordDropout(word_dropout, name="word_dropout")
         self.embedding = embedding(vocab_size, embedding_dim, mask_zero=True, stddev=embedding_stddev)
         rnns = []
         for i in range(num_layers):
@@ -59,7 +60,7 @@ class Encoder(keras.layers.Layer):
           mask: bool [batch, src_len], False at padding.
         """
         mask = tf.not_equal(source, PAD_ID)
-        x = self.dropouts[0](self.embedding(source), training=training)
+        x = self.dropouts[0](self.word_dropout(self.embedding(source), training=training), training=training)
         for i, (rnn, dropout) in enumerate(zip(self.rnns, self.dropouts[1:])):
             x = self._run_rnn(rnn, x, mask)
             if drops_after(i, self.num_layers, self.dropout_placement):
@@ -71,4 +72,5 @@ class Encoder(keras.layers.Layer):
         return {**super().get_config(), "vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim,
                 "units": self.units, "num_layers": self.num_layers, "cell": self.cell,
                 "bidirectional": self.bidirectional, "dropout": self.dropout,
-                "dropout_placement": self.dropout_placement, "embedding_stddev": self.embedding_stddev}
+                "dropout_placement": self.dropout_placement, "embedding_stddev": self.embedding_stddev,
+                "word_dropout": self.word_dropout.rate}

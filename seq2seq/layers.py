@@ -1,6 +1,7 @@
 """Small helpers shared by the encoder and the decoder."""
 
 import keras
+import tensorflow as tf
 
 RNN_LAYERS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM, "rnn": keras.layers.SimpleRNN}
 
@@ -15,6 +16,29 @@ def embedding(vocab_size, embedding_dim, mask_zero=False, stddev=1.0):
     hundreds of steps on Multi30k (docs/benchmarks.md, "Why embeddings start N(0, 1)")."""
     return keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=mask_zero, name="embedding",
                                   embeddings_initializer=keras.initializers.RandomNormal(stddev=stddev))
+
+
+class WordDropout(keras.layers.Layer):
+    """Word dropout (Gal and Ghahramani 2016; Sennrich and Zhang 2019): in training, every token's
+    embedding is zeroed whole with probability ``rate`` and the kept ones are scaled by
+    1 / (1 - rate); outside training the identity. float [..., features] -> the same shape.
+    Padding is masked by the token ids, not by the embeddings, so a dropped token stays in place."""
+
+    def __init__(self, rate, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = rate
+        self.supports_masking = True  # the encoder's embedding mask passes through
+        self.seed_generator = keras.random.SeedGenerator(seed) if rate > 0 else None
+
+    def call(self, x, training=False):
+        if not training or self.rate == 0:
+            return x
+        shape = tf.shape(x)
+        noise_shape = [shape[axis] for axis in range(len(x.shape) - 1)] + [1]
+        return keras.random.dropout(x, self.rate, noise_shape=noise_shape, seed=self.seed_generator)
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
 
 
 def drops_after(layer_index, num_layers, placement):

@@ -29,7 +29,7 @@ from seq2seq import recurrent
 from seq2seq.attention import BahdanauAttention
 from seq2seq.config import ModelConfig
 from seq2seq.encoder import Encoder
-from seq2seq.layers import drops_after, embedding, rnn_layer, track
+from seq2seq.layers import WordDropout, drops_after, embedding, rnn_layer, track
 
 __all__ = ["BahdanauAttention", "Decoder", "Encoder", "Seq2Seq", "TiedOutput"]
 
@@ -73,13 +73,14 @@ class Decoder(keras.layers.Layer):
 
     def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, attention_units, input_feeding,
                  dropout, tie_embeddings=False, dropout_placement="attention_input", embedding_stddev=1.0,
-                 output_bfloat16=False, **kwargs):
+                 output_bfloat16=False, word_dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.attention_units = num_layers, cell, attention_units
         self.input_feeding, self.dropout, self.tie_embeddings = input_feeding, dropout, tie_embeddings
         self.dropout_placement, self.embedding_stddev = dropout_placement, embedding_stddev
         self.output_bfloat16 = output_bfloat16
+        self.word_dropout = WordDropout(word_dropout, name="word_dropout")
         self.embedding = embedding(vocab_size, embedding_dim, stddev=embedding_stddev)
         self.rnns = track(self, "rnn", [rnn_layer(cell, units, f"{cell}_{i}") for i in range(num_layers)])
         self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
@@ -143,7 +144,7 @@ class Decoder(keras.layers.Layer):
 
     def _embed(self, tokens, training):
         """int32 [...] -> the embeddings after dropout, float [..., embedding_dim]."""
-        return self.dropouts[0](self.embedding(tokens), training=training)
+        return self.dropouts[0](self.word_dropout(self.embedding(tokens), training=training), training=training)
 
     def _project_embedded(self, embedded):
         """The embeddings' share of the first recurrent layer's input projection (its bias
@@ -231,7 +232,7 @@ class Decoder(keras.layers.Layer):
                 "attention_units": self.attention_units, "input_feeding": self.input_feeding,
                 "dropout": self.dropout, "tie_embeddings": self.tie_embeddings,
                 "dropout_placement": self.dropout_placement, "embedding_stddev": self.embedding_stddev,
-                "output_bfloat16": self.output_bfloat16}
+                "output_bfloat16": self.output_bfloat16, "word_dropout": self.word_dropout.rate}
 
 
 class Seq2Seq(keras.Model):
@@ -251,11 +252,11 @@ class Seq2Seq(keras.Model):
         self.bidirectional, self.bridge_from = o["bidirectional"], o["bridge"]
         self.encoder = Encoder(source_vocab_size, o["embedding_dim"], o["units"], o["encoder_layers"], o["cell"],
                                o["bidirectional"], o["dropout"], o["dropout_placement"], o["embedding_stddev"],
-                               name="encoder")
+                               o["word_dropout"], name="encoder")
         self.decoder = Decoder(target_vocab_size, o["embedding_dim"], o["units"], o["decoder_layers"], o["cell"],
                                o["attention_units"] or o["units"], o["input_feeding"], o["dropout"],
                                o["tie_embeddings"], o["dropout_placement"], o["embedding_stddev"],
-                               o["output_bfloat16"], name="decoder")
+                               o["output_bfloat16"], o["word_dropout"], name="decoder")
         # Bridge: each decoder layer's initial h = tanh(W · s), s the mean of the encoder outputs
         # (Nematus) or its last states, forward and backward (JoeyNMT).
         self.bridge = keras.layers.Dense(o["units"] * o["decoder_layers"], activation="tanh", name="bridge")

@@ -38,6 +38,8 @@ def test_unknown_set_key_is_rejected():
     ({"model": {"units": "many"}}, "model.units"),
     ({"model": {"units": 0}}, "model.units"),
     ({"model": {"dropout": 1.0}}, "model.dropout"),
+    ({"model": {"word_dropout": -0.1}}, "model.word_dropout"),
+    ({"model": {"word_dropout": 1.0}}, "model.word_dropout"),
     ({"model": {"cell": "transformer"}}, "model.cell"),
     ({"training": {"max_steps": 2.5}}, "training.max_steps"),
     ({"tokenizer": {"joint": "yes"}}, "tokenizer.joint"),

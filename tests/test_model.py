@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from seq2seq.layers import WordDropout
 from seq2seq.model import BahdanauAttention, Encoder, Seq2Seq
 
 SOURCE = np.array([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]], np.int32)
@@ -88,6 +89,35 @@ def test_dropout_only_in_training():
     c = model((SOURCE, TARGET_IN), training=True).numpy()
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("shape", [(64, 50, 8), (3000, 8)])
+def test_word_dropout_zeroes_whole_tokens_only_in_training(shape):
+    layer = WordDropout(0.3, seed=5)
+    x = tf.random.normal(shape) + 3.0  # no zeros of its own
+    dropped = tf.function(lambda x: layer(x, training=True))(x).numpy()
+    zero = np.all(dropped == 0, axis=-1)
+    assert zero.mean() == pytest.approx(0.3, abs=0.03)
+    assert not np.any((dropped == 0) & ~zero[..., None])  # a token is dropped whole or not at all
+    np.testing.assert_allclose(dropped[~zero], x.numpy()[~zero] / 0.7, rtol=1e-6)
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
+    assert not np.array_equal(layer(x, training=True).numpy(), dropped)  # a new draw each call
+
+
+def test_word_dropout_in_the_model_changes_training_not_inference():
+    plain, dropping = _model(dropout=0.0), _model(dropout=0.0, word_dropout=0.5)
+    dropping.set_weights(plain.get_weights())
+    inference = [m((SOURCE, TARGET_IN), training=False).numpy() for m in (plain, dropping)]
+    np.testing.assert_array_equal(inference[0], inference[1])
+    np.testing.assert_array_equal(plain((SOURCE, TARGET_IN), training=True).numpy(), inference[0])
+    assert not np.allclose(dropping((SOURCE, TARGET_IN), training=True).numpy(), inference[1])
+    # Both sides: the source embeddings (the encoder) and the target inputs (the decoder) drop tokens.
+    tokens = np.full((64, 20), 7, np.int32)
+    for embedded in (dropping.encoder.word_dropout(dropping.encoder.embedding(tokens), training=True),
+                     dropping.decoder._embed(tokens, training=True)):
+        assert np.mean(np.all(embedded.numpy() == 0, axis=-1)) == pytest.approx(0.5, abs=0.05)
+    assert dropping.encoder.word_dropout.rate == dropping.decoder.word_dropout.rate == 0.5
+    assert Seq2Seq.from_config(dropping.get_config()).decoder.word_dropout.rate == 0.5
 
 
 @pytest.mark.parametrize("layers", [1, 2])
