@@ -27,7 +27,8 @@ instead the model its short training run leaves, and runs everything once.
 
 Quality (``--quality``) trains each shipped config if its model directory has no finished
 run (``train.py`` resumes, so a finished run costs nothing), translates test_2016_flickr with
-the config's beam size and prints BLEU and chrF with sacreBLEU's signatures.
+the config's beam size and prints BLEU and chrF with sacreBLEU's signatures; then the same for
+an ensemble of 4 seeds of the de→en config (see ``seq2seq/quality.py``).
 
 Side by side (``--peer joeynmt``) trains and translates with this toolkit and JoeyNMT in
 turns on the same machine (see ``seq2seq/peer.py``).
