@@ -28,7 +28,7 @@ class Evaluator:
         self.references = [t for _, t in pairs]
         self.translator = Translator(model, tokenizer, config.translate, training.validation_beam_size)
         self.loss_step = tf.function(lambda source, target: sequence_loss(model, source, target), input_signature=[
-            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)])
+            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)], autograph=False)
 
     def evaluate(self):
         """Returns (loss per target token, BLEU, chrF) of the model's current weights."""

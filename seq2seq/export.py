@@ -95,7 +95,7 @@ def build_module(model, tokenizer, beam_size, length_penalty, max_length_ratio, 
     module.sentencepiece_models = {side: tf.saved_model.Asset(path) for side, path in
                                    (("source", tokenizer.source_model_path), ("target", tokenizer.target_model_path))}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")], autograph=False)
     def translate(text):
         """text: string [batch] -> translation: string [batch], score: float32 [batch]."""
         pieces = module.source_tokenizer.tokenize(text)  # int32 ragged [batch, (pieces)]
@@ -133,7 +133,7 @@ def build_module(model, tokenizer, beam_size, length_penalty, max_length_ratio, 
         return tf.concat([pieces, tf.RaggedTensor.from_tensor(eos)], axis=1).to_tensor(default_value=PAD_ID)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text"),
-                                  tf.TensorSpec([None], tf.string, name="translation")])
+                                  tf.TensorSpec([None], tf.string, name="translation")], autograph=False)
     def score(text, translation):
         """text, translation: string [batch] -> log_prob, score: float32 [batch] (as
         ``translate.py --score``: a source without any subword is read as ``[EOS]``)."""

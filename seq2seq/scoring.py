@@ -49,7 +49,7 @@ class Scorer:
         self.model, self.tokenizer, self.config = model, tokenizer, translate_config
         spec = tf.TensorSpec([None, None], tf.int32)
         self._score = tf.function(lambda source, target: forced_log_probs(self.model, source, target),
-                                  input_signature=[spec, spec])
+                                  input_signature=[spec, spec], autograph=False)
 
     def warm_up(self):
         """Compiles the pass on a one-token pair."""

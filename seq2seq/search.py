@@ -272,7 +272,7 @@ class Searcher:
         signature = [tf.TensorSpec([None, None], tf.int32)]
         if sampling is not None:
             signature += [tf.TensorSpec([], tf.int64), tf.TensorSpec([None], tf.int32)]
-        self._search = tf.function(self._run, input_signature=signature)
+        self._search = tf.function(self._run, input_signature=signature, autograph=False)
 
     def _run(self, source, seed=None, lines=None):
         return beam_search(self.model, source, self.beam_size, self.alpha, self.max_length_ratio,

@@ -68,7 +68,7 @@ class Trainer:
             batch_spec = (tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32))
             empty = tf.data.Dataset.from_generator(lambda: iter(()), output_signature=batch_spec)
             self.train_step = tf.function(self._train_step, input_signature=list(
-                self.cluster.strategy.experimental_distribute_dataset(empty).element_spec))
+                self.cluster.strategy.experimental_distribute_dataset(empty).element_spec), autograph=False)
             self.evaluator = Evaluator(self.model, self.tokenizer, cfg)
 
     # -- the step ------------------------------------------------------------------------------
