@@ -6,6 +6,7 @@ values with the key's dotted path. The resolved config is saved into the model d
 (``config.yaml``) so that the directory alone is enough to translate, export or resume.
 """
 
+import copy
 import dataclasses
 import os
 import typing
@@ -94,6 +95,7 @@ class TrainingConfig:
     seed: int = 1234
     distribution: str = "none"  # none (one device) | mirrored (all local GPUs) | multi_worker (TF_CONFIG cluster)
     mixed_precision: bool = False  # Keras mixed_float16 with loss scaling (for GPUs)
+    parallel_parts: int = 0  # parts of each batch computed at once, one thread each (0: 2 on a CPU with 2+ cores)
     bfloat16: bool = False  # Keras mixed_bfloat16 (CPUs with AVX-512 BF16 or AMX, recent GPUs); no loss scaling
 
 
@@ -209,6 +211,9 @@ def _validate(config):
     require(tr.max_steps is None or tr.max_steps > 0, "training.max_steps", "must be positive or null")
     require(tr.learning_rate > 0, "training.learning_rate", "must be positive")
     require(tr.warmup_steps >= 0, "training.warmup_steps", "must be non-negative (0: no warm-up)")
+    require(tr.parallel_parts >= 0, "training.parallel_parts", "must be non-negative (0: automatic)")
+    require(tr.parallel_parts <= 1 or (tr.distribution == "none" and not tr.mixed_precision),
+            "training.parallel_parts", "above 1 needs training.distribution=none and no mixed_precision")
     require(not (tr.bfloat16 and tr.mixed_precision), "training.bfloat16",
             "cannot be combined with training.mixed_precision (float16); choose one")
     require(0 < tr.lr_decay_factor <= 1, "training.lr_decay_factor", "must be in (0, 1] (1: no decay)")
@@ -260,8 +265,8 @@ def apply_overrides(values, overrides):
 
 
 def config_from_dict(values, overrides=()):
-    """Builds a validated Config from nested dict ``values`` and ``--set`` ``overrides``."""
-    values = apply_overrides(dict(values or {}), overrides)
+    """Builds a validated Config from nested dict ``values`` (left as it is) and ``--set`` ``overrides``."""
+    values = apply_overrides(copy.deepcopy(values or {}), overrides)
     config = _build(Config, values, "")
     _validate(config)
     return config

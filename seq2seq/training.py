@@ -30,6 +30,7 @@ from seq2seq.errors import UserError
 from seq2seq.evaluation import DivergenceGuard, EarlyStopping, Evaluator
 from seq2seq.model import Seq2Seq
 from seq2seq.optimization import make_optimizer, sequence_loss
+from seq2seq.parts import PartsStep, choose_parts, set_intra_op_threads
 from seq2seq.reporting import Progress, Reporter, log, setup_logging
 from seq2seq.tokenizer import Tokenizer
 
@@ -67,8 +68,12 @@ class Trainer:
             # One trace for every batch shape: the signature is the distributed batches' element spec.
             batch_spec = (tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32))
             empty = tf.data.Dataset.from_generator(lambda: iter(()), output_signature=batch_spec)
-            self.train_step = tf.function(self._train_step, input_signature=list(
-                self.cluster.strategy.experimental_distribute_dataset(empty).element_spec), autograph=False)
+            if self.parts > 1:
+                self.train_step = PartsStep(self.model, self.optimizer, self.parts, tcfg.label_smoothing,
+                                            tcfg.clip_norm)
+            else:
+                self.train_step = tf.function(self._train_step, input_signature=list(
+                    self.cluster.strategy.experimental_distribute_dataset(empty).element_spec), autograph=False)
             self.evaluator = Evaluator(self.model, self.tokenizer, cfg)
 
     # -- the step ------------------------------------------------------------------------------
@@ -173,6 +178,8 @@ class Trainer:
         """Trains; returns the best validation BLEU."""
         cfg, tcfg = self.config, self.config.training
         check_data(cfg.data)
+        self.parts = choose_parts(tcfg)
+        threads = set_intra_op_threads(self.parts) if self.parts > 1 else None  # before TensorFlow's runtime starts
         self.cluster = Cluster(tcfg.distribution)  # first: MultiWorkerMirroredStrategy must precede other TF work
         if self.cluster.is_chief:
             md.prepare(self.model_dir, cfg)
@@ -214,6 +221,9 @@ class Trainer:
                      cfg.tokenizer.sampling_alpha, cfg.tokenizer.nbest_size)
         log.info("model: %s, %s parameters; training to step %d", cfg.model.__dict__,
                  f"{self.model.count_params():,}", total_steps)
+        if self.parts > 1:
+            log.info("each batch computed in %d parts at once (training.parallel_parts), %s intra-op thread(s) "
+                     "each", self.parts, threads or "TensorFlow's")
         if self.cluster.replicas > 1 or tcfg.mixed_precision or tcfg.bfloat16:
             log.info("%d replicas (training.distribution=%s), each batch of %d tokens split between them; "
                      "compute in %s", self.cluster.replicas, tcfg.distribution, tcfg.batch_tokens,

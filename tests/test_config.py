@@ -20,6 +20,13 @@ def test_set_overrides_by_dotted_path_with_yaml_values():
     assert config.model.bidirectional is False
 
 
+def test_set_overrides_leave_the_callers_values_as_they_were():
+    values = {"training": {"max_steps": 100}}
+    assert config_from_dict(values, ["training.max_steps=7", "model.units=32"]).training.max_steps == 7
+    assert values == {"training": {"max_steps": 100}}
+    assert config_from_dict(values).training.max_steps == 100
+
+
 def test_unknown_key_names_its_dotted_path():
     with pytest.raises(ConfigError, match=r"unknown config key model\.hidden_size"):
         config_from_dict({"model": {"hidden_size": 3}})

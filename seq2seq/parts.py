@@ -1,0 +1,122 @@
+"""A training step that computes its batch in parts at the same time, each part in its own thread.
+
+On a CPU TensorFlow runs a graph's recurrent loops (the encoder's and the decoder's time steps,
+most of a training step) op after op on one core, and it does not run two loops of one graph side
+by side; two calls of a function from two threads do run side by side. ``PartsStep`` splits each
+batch into ``parts`` shares of its sentences, computes each share's gradients in its own thread,
+and applies their sum in one update: the update of the whole batch, as ``Trainer``'s one-part step
+makes it (the summed token loss divided by the batch's token count, clipped by the global norm),
+up to the order of floating-point sums.
+
+Dropout: each part draws from its own copy of the model's seed generators (part 0 from the
+model's own, part k from copies whose seeds are offset by k), so the parts never race on a
+generator's state, draw different masks, and a run is reproducible from ``training.seed``.
+"""
+
+import concurrent.futures
+import os
+
+import keras
+import tensorflow as tf
+
+from seq2seq.optimization import sequence_loss
+from seq2seq.tokenizer import PAD_ID
+
+SEED_STRIDE = 1_000_003  # part k's seed generators start from the model's seeds + k * SEED_STRIDE
+
+
+def usable_cores():
+    """The cores this process may run on (its CPU affinity, as ``taskset`` sets it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def choose_parts(training_config):
+    """``training.parallel_parts``; with 0 (automatic), 2 on a machine with 2 or more usable cores
+    and no GPU, training with the default strategy and without float16 loss scaling; else 1."""
+    if training_config.parallel_parts:
+        return training_config.parallel_parts
+    if (training_config.distribution != "none" or training_config.mixed_precision
+            or tf.config.list_physical_devices("GPU")):
+        return 1
+    return 2 if usable_cores() >= 2 else 1
+
+
+def set_intra_op_threads(parts):
+    """Gives each part an equal share of the cores for its ops (one thread each on 2 cores),
+    unless ``TF_NUM_INTRAOP_THREADS`` says otherwise. Returns the intra-op thread count, or None
+    where TensorFlow's runtime had already started (several trainings in one process) and keeps
+    its own."""
+    if os.environ.get("TF_NUM_INTRAOP_THREADS"):
+        return int(os.environ["TF_NUM_INTRAOP_THREADS"])
+    threads = max(1, usable_cores() // parts)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError:
+        return None
+    return threads
+
+
+def _trimmed(batch):
+    """int32 [rows, len] -> the same rows without the columns that are padding in every row."""
+    length = tf.reduce_max(tf.reduce_sum(tf.cast(tf.not_equal(batch, PAD_ID), tf.int32), axis=1))
+    return batch[:, :length]
+
+
+class PartsStep:
+    """``step(source, target)`` -> (mean token loss, target token count) of one update on the
+    batch (int32 [rows, len] each), computed in ``parts`` parts at once."""
+
+    def __init__(self, model, optimizer, parts, label_smoothing, clip_norm):
+        self.model, self.optimizer, self.parts = model, optimizer, parts
+        self.label_smoothing, self.clip_norm = label_smoothing, clip_norm
+        self.generators = [layer.seed_generator for layer in model._flatten_layers()
+                           if isinstance(getattr(layer, "seed_generator", None), keras.random.SeedGenerator)]
+        # Part k's copies of the generators' states ([seed, counter] each); part 0 uses the model's.
+        self.states = [[g.state for g in self.generators]] + [
+            [keras.Variable(g.state.value + [k * SEED_STRIDE, 0], dtype=g.state.dtype, trainable=False,
+                            name=f"part{k}_seed_state")
+             for g in self.generators] for k in range(1, parts)]
+        self._pool = concurrent.futures.ThreadPoolExecutor(parts, "training-part")
+        self._functions = [None] * parts
+        self._update = tf.function(self._apply, autograph=False)
+
+    def _gradients(self, source, target):
+        """(gradients of the summed token loss, summed loss, token count) of one part."""
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            loss_sum, tokens = sequence_loss(self.model, _trimmed(source), _trimmed(target), True,
+                                             self.label_smoothing)
+        return [tf.convert_to_tensor(g) for g in tape.gradient(loss_sum, variables)], loss_sum, tokens
+
+    def _function(self, k):
+        """Part k's compiled gradients, traced with the generators drawing from part k's states
+        (the trace binds them), one part at a time."""
+        if self._functions[k] is None:
+            spec = tf.TensorSpec([None, None], tf.int32)
+            own = [g.state for g in self.generators]
+            try:
+                for generator, state in zip(self.generators, self.states[k]):
+                    generator.state = state
+                self._functions[k] = tf.function(self._gradients, autograph=False).get_concrete_function(spec, spec)
+            finally:
+                for generator, state in zip(self.generators, own):
+                    generator.state = state
+        return self._functions[k]
+
+    def _apply(self, gradients, loss_sums, token_counts):
+        tokens = tf.add_n(token_counts)
+        scale = 1.0 / tf.maximum(tokens, 1.0)
+        summed = [tf.add_n(list(part_gradients)) * scale for part_gradients in zip(*gradients)]
+        clipped, _ = tf.clip_by_global_norm(summed, self.clip_norm)
+        self.optimizer.apply_gradients(zip(clipped, self.model.trainable_variables))
+        return tf.add_n(loss_sums) * scale, tokens
+
+    def __call__(self, source, target):
+        rows = int(source.shape[0])
+        count = min(self.parts, rows)
+        functions = [self._function(k) for k in range(count)]
+        bounds = [rows * k // count for k in range(count + 1)]
+        futures = [self._pool.submit(function, source[start:end], target[start:end])
+                   for function, start, end in zip(functions, bounds, bounds[1:])]
+        gradients, loss_sums, token_counts = zip(*(future.result() for future in futures))
+        return self._update(list(gradients), list(loss_sums), list(token_counts))

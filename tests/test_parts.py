@@ -1,0 +1,117 @@
+"""The training step that computes a batch in parts at once (seq2seq/parts.py)."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import toy_config
+from seq2seq.config import ConfigError, config_from_dict
+from seq2seq.model import Seq2Seq
+from seq2seq.optimization import sequence_loss
+from seq2seq.parts import PartsStep, choose_parts
+from seq2seq.training import Trainer
+
+# Five sentence pairs of different lengths, padded: each part has padding columns to trim.
+SOURCE = tf.constant([[4, 5, 6, 7, 3], [8, 9, 3, 0, 0], [5, 3, 0, 0, 0], [6, 7, 8, 3, 0], [9, 4, 3, 0, 0]])
+TARGET = tf.constant([[5, 6, 3, 0], [7, 8, 9, 3], [4, 3, 0, 0], [6, 3, 0, 0], [8, 7, 3, 0]])
+
+
+def _model(dropout, seed=7):
+    keras.utils.set_random_seed(seed)
+    model = Seq2Seq(12, 11, embedding_dim=8, units=8, dropout=dropout, word_dropout=dropout / 2)
+    model.build_weights()
+    return model
+
+
+def _weights(model):
+    return [v.numpy() for v in model.trainable_variables]
+
+
+def test_two_parts_make_the_update_of_the_whole_batch():
+    parted, whole = _model(0.0), _model(0.0)
+    step = PartsStep(parted, keras.optimizers.SGD(0.5), 2, 0.1, clip_norm=0.05)
+    loss, tokens = step(SOURCE, TARGET)
+
+    optimizer = keras.optimizers.SGD(0.5)
+    with tf.GradientTape() as tape:
+        loss_sum, expected_tokens = sequence_loss(whole, SOURCE, TARGET, True, 0.1)
+        expected_loss = loss_sum / expected_tokens
+    gradients, _ = tf.clip_by_global_norm(tape.gradient(expected_loss, whole.trainable_variables), 0.05)
+    optimizer.apply_gradients(zip(gradients, whole.trainable_variables))
+
+    assert tokens.numpy() == expected_tokens.numpy() == 14
+    np.testing.assert_allclose(loss.numpy(), expected_loss.numpy(), rtol=1e-5)
+    for got, expected in zip(_weights(parted), _weights(whole)):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(_weights(parted)[0], _weights(_model(0.0))[0])  # the update moved the weights
+
+
+def test_a_one_row_batch_is_one_part():
+    model = _model(0.0)
+    step = PartsStep(model, keras.optimizers.SGD(0.1), 2, 0.0, clip_norm=1.0)
+    loss, tokens = step(SOURCE[:1], TARGET[:1])
+    assert tokens.numpy() == 3 and np.isfinite(loss.numpy())
+    assert step._functions[1] is None  # the second part was never needed
+
+
+def test_parts_draw_their_own_dropout_masks_and_runs_repeat():
+    step = PartsStep(_model(0.4), keras.optimizers.SGD(0.1), 2, 0.0, clip_norm=1.0)
+    # The same sentences through each part's function: different masks, different losses.
+    first, second = (step._function(k)(SOURCE, TARGET)[1].numpy() for k in (0, 1))
+    assert first != pytest.approx(second, rel=1e-4)
+    # Each part's generators advanced their own counters, and no other part's.
+    counters = [[int(state.numpy()[1]) for state in states] for states in step.states]
+    assert any(c > 0 for c in counters[0]) and counters[0] == counters[1]
+    # Without dropout both parts compute the same.
+    plain = PartsStep(_model(0.0), keras.optimizers.SGD(0.1), 2, 0.0, clip_norm=1.0)
+    assert plain._function(0)(SOURCE, TARGET)[1].numpy() == pytest.approx(
+        plain._function(1)(SOURCE, TARGET)[1].numpy(), rel=1e-6)
+
+    def run():
+        model = _model(0.4, seed=3)
+        step = PartsStep(model, keras.optimizers.Adam(0.01), 2, 0.1, clip_norm=1.0)
+        losses = [float(step(SOURCE, TARGET)[0]) for _ in range(3)]
+        return losses, _weights(model)
+
+    (losses_a, weights_a), (losses_b, weights_b) = run(), run()
+    assert losses_a == losses_b and len(set(losses_a)) == 3
+    for a, b in zip(weights_a, weights_b):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_training_in_two_parts_follows_the_one_part_training(toy_data, tmp_path):
+    """The toy task, 40 steps without dropout from the same seed: the same losses (up to the
+    order of floating-point sums) in one part and in two."""
+    losses = {}
+    for parts in (1, 2):
+        values = toy_config(toy_data, **{"training.max_steps": 40, "training.validate_every": 40,
+                                         "training.log_every": 10, "training.parallel_parts": parts})
+        model_dir = str(tmp_path / f"parts{parts}")
+        trainer = Trainer(config_from_dict(values), model_dir)
+        trainer.train()
+        assert isinstance(trainer.train_step, PartsStep) == (parts == 2)
+        with open(os.path.join(model_dir, "training.jsonl")) as f:
+            losses[parts] = [json.loads(line)["loss"] for line in f]
+        assert ("each batch computed in 2 parts" in open(os.path.join(model_dir, "train.log")).read()) == (parts == 2)
+    assert len(losses[1]) == 4 and losses[1][-1] < losses[1][0] - 1.0  # it learned
+    np.testing.assert_allclose(losses[2], losses[1], rtol=2e-3)
+
+
+def test_parallel_parts_choice_and_config_errors(toy_data, monkeypatch):
+    values = toy_config(toy_data)
+    assert choose_parts(config_from_dict(values, ["training.parallel_parts=3"]).training) == 3
+    assert choose_parts(config_from_dict(values, ["training.distribution=mirrored"]).training) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert choose_parts(config_from_dict(values).training) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert choose_parts(config_from_dict(values).training) == 2
+    with pytest.raises(ConfigError, match="training.parallel_parts.*non-negative"):
+        config_from_dict(values, ["training.parallel_parts=-1"])
+    with pytest.raises(ConfigError, match="training.parallel_parts.*distribution=none"):
+        config_from_dict(values, ["training.parallel_parts=2", "training.distribution=mirrored"])
+    with pytest.raises(ConfigError, match="training.parallel_parts.*mixed_precision"):
+        config_from_dict(values, ["training.parallel_parts=2", "training.mixed_precision=true"])
