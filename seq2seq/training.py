@@ -6,7 +6,8 @@ whichever comes first. Everything it needs to resume is in the model directory: 
 the same command continues with the same step counter, optimizer state and best score.
 
 The parts it is handed: ``distribute.Cluster`` (the strategy and this worker's role),
-``optimization`` (the loss, the schedule and the optimizer), ``checkpoints.TrainingState``
+``optimization`` (the loss, the schedule and the optimizer), ``parts.PartsStep`` (on a CPU, the
+update step with each batch computed in parts at once), ``checkpoints.TrainingState``
 (the counters and checkpoints), ``evaluation`` (validation, early stopping, the divergence
 guard) and ``reporting`` (log, progress line, validation history, TensorBoard).
 """
@@ -65,13 +66,13 @@ class Trainer:
             self.state = TrainingState(self.model, self.optimizer, self.learning_rate.rate, self.loss_scale,
                                        write_dir, tcfg.keep_checkpoints, tcfg.average_checkpoints)
             self.stopping = EarlyStopping(tcfg, self.state.best_bleu, self.state.bad_validations, self.learning_rate)
-            # One trace for every batch shape: the signature is the distributed batches' element spec.
-            batch_spec = (tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32))
-            empty = tf.data.Dataset.from_generator(lambda: iter(()), output_signature=batch_spec)
             if self.parts > 1:
                 self.train_step = PartsStep(self.model, self.optimizer, self.parts, tcfg.label_smoothing,
                                             tcfg.clip_norm)
             else:
+                # One trace for every batch shape: the signature is the distributed batches' element spec.
+                batch_spec = (tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32))
+                empty = tf.data.Dataset.from_generator(lambda: iter(()), output_signature=batch_spec)
                 self.train_step = tf.function(self._train_step, input_signature=list(
                     self.cluster.strategy.experimental_distribute_dataset(empty).element_spec), autograph=False)
             self.evaluator = Evaluator(self.model, self.tokenizer, cfg)
