@@ -63,6 +63,9 @@ class ModelConfig:
     # Word dropout: in training, each source and target input token's embedding is zeroed whole
     # with this probability (Sennrich and Zhang 2019), before the dropout above.
     word_dropout: float = 0.0
+    # Layer normalization (Ba et al. 2016) of each recurrent cell's input and recurrent
+    # projections, gate by gate (seq2seq/recurrent.py).
+    layer_norm: bool = False
     embedding_stddev: float = 1.0  # embeddings start N(0, stddev²)
     bridge: str = "mean"  # the decoder's initial state from the encoder outputs' mean | last states
     tie_embeddings: bool = False  # the output layer reuses the target embedding matrix

@@ -4,15 +4,17 @@ import keras
 import tensorflow as tf
 
 from seq2seq import recurrent
-from seq2seq.layers import RNN_LAYERS, WordDropout, drops_after, embedding, track
+from seq2seq.layers import RNN_LAYERS, GateNorm, WordDropout, drops_after, embedding, track
 from seq2seq.tokenizer import PAD_ID
 
 
 class Encoder(keras.layers.Layer):
-    """Embedding, dropout, and a stack of (bidirectional) GRU/LSTM/RNN layers with dropout between."""
+    """Embedding, dropout, and a stack of (bidirectional) GRU/LSTM/RNN layers with dropout between
+    (with ``layer_norm``, each cell's projections layer-normalized: ``seq2seq.recurrent``)."""
 
     def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, bidirectional, dropout,
-                 dropout_placement="attention_input", embedding_stddev=1.0, word_dropout=0.0, **kwargs):
+                 dropout_placement="attention_input", embedding_stddev=1.0, word_dropout=0.0, layer_norm=False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.bidirectional, self.dropout = num_layers, cell, bidirectional, dropout
@@ -26,6 +28,11 @@ class Encoder(keras.layers.Layer):
                 layer = keras.layers.Bidirectional(layer, merge_mode="concat", name=f"bi_{cell}_{i}")
             rnns.append(layer)
         self.rnns = track(self, "rnn", rnns)
+        self.layer_norm = layer_norm
+        directions = ("forward", "backward") if bidirectional else ("forward",)
+        self.norms = [track(self, f"norm_{i}", [GateNorm(recurrent.GATES[cell], units, name=f"norm_{i}_{d}")
+                                                for d in directions]) if layer_norm else None
+                      for i in range(num_layers)]
         self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
 
     @property
@@ -38,17 +45,21 @@ class Encoder(keras.layers.Layer):
         for rnn in self.rnns:
             rnn.build((None, None, features))
             features = self.output_dim
+        for norm in sum((n or [] for n in self.norms), []):
+            norm.build()
         self.built = True
 
-    def _run_rnn(self, rnn, x, mask):
+    def _run_rnn(self, rnn, x, mask, norms):
         """One (bidirectional) layer over the sequence: x [batch, src_len, features] -> [batch,
-        src_len, output_dim], both directions in one time loop (Keras's layer on a GPU, for cuDNN)."""
-        if recurrent.fused_kernel_available():
+        src_len, output_dim], both directions in one time loop (Keras's layer on a GPU, for cuDNN,
+        unless layer-normalized); ``norms``: the layer's GateNorms or None."""
+        if recurrent.fused_kernel_available() and not self.layer_norm:
             return rnn(x, mask=mask)
         if self.bidirectional:
             cells = [rnn.forward_layer.cell, rnn.backward_layer.cell]
-            return recurrent.run(cells, [recurrent.project_inputs(cell, x) for cell in cells], mask)[0]
-        return recurrent.run(rnn.cell, recurrent.project_inputs(rnn.cell, x), mask)[0]
+            return recurrent.run(cells, [recurrent.project_inputs(cell, x) for cell in cells], mask, norms=norms)[0]
+        return recurrent.run(rnn.cell, recurrent.project_inputs(rnn.cell, x), mask,
+                             norms=None if norms is None else norms[0])[0]
 
     def call(self, source, training=False):
         """Encodes source ids.
@@ -62,7 +73,7 @@ class Encoder(keras.layers.Layer):
         mask = tf.not_equal(source, PAD_ID)
         x = self.dropouts[0](self.word_dropout(self.embedding(source), training=training), training=training)
         for i, (rnn, dropout) in enumerate(zip(self.rnns, self.dropouts[1:])):
-            x = self._run_rnn(rnn, x, mask)
+            x = self._run_rnn(rnn, x, mask, self.norms[i])
             if drops_after(i, self.num_layers, self.dropout_placement):
                 x = dropout(x, training=training)
         x = x * tf.cast(mask, x.dtype)[:, :, None]
@@ -73,4 +84,4 @@ class Encoder(keras.layers.Layer):
                 "units": self.units, "num_layers": self.num_layers, "cell": self.cell,
                 "bidirectional": self.bidirectional, "dropout": self.dropout,
                 "dropout_placement": self.dropout_placement, "embedding_stddev": self.embedding_stddev,
-                "word_dropout": self.word_dropout.rate}
+                "word_dropout": self.word_dropout.rate, "layer_norm": self.layer_norm}

@@ -41,6 +41,26 @@ class WordDropout(keras.layers.Layer):
         return {**super().get_config(), "rate": self.rate}
 
 
+class GateNorm(keras.layers.Layer):
+    """The layer normalization weights of one recurrent cell (``seq2seq.recurrent.layer_norm``):
+    a scale (starting at 1) and a shift (starting at 0) per unit of each gate, for the input
+    projection and for the recurrent projection, each float [gates * units]."""
+
+    def __init__(self, gates, units, **kwargs):
+        super().__init__(**kwargs)
+        self.gates, self.units = gates, units
+
+    def build(self, input_shape=None):
+        size = (self.gates * self.units,)
+        for part in ("input", "recurrent"):
+            setattr(self, f"{part}_scale", self.add_weight(name=f"{part}_scale", shape=size, initializer="ones"))
+            setattr(self, f"{part}_shift", self.add_weight(name=f"{part}_shift", shape=size, initializer="zeros"))
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "gates": self.gates, "units": self.units}
+
+
 def drops_after(layer_index, num_layers, placement):
     """Whether dropout follows recurrent layer ``layer_index`` of ``num_layers``: always between
     stacked layers, after the top one only with the ``all_outputs`` placement."""

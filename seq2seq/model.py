@@ -29,7 +29,7 @@ from seq2seq import recurrent
 from seq2seq.attention import BahdanauAttention
 from seq2seq.config import ModelConfig
 from seq2seq.encoder import Encoder
-from seq2seq.layers import WordDropout, drops_after, embedding, rnn_layer, track
+from seq2seq.layers import GateNorm, WordDropout, drops_after, embedding, rnn_layer, track
 
 __all__ = ["BahdanauAttention", "Decoder", "Encoder", "Seq2Seq", "TiedOutput"]
 
@@ -73,7 +73,7 @@ class Decoder(keras.layers.Layer):
 
     def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, attention_units, input_feeding,
                  dropout, tie_embeddings=False, dropout_placement="attention_input", embedding_stddev=1.0,
-                 output_bfloat16=False, word_dropout=0.0, **kwargs):
+                 output_bfloat16=False, word_dropout=0.0, layer_norm=False, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.attention_units = num_layers, cell, attention_units
@@ -83,6 +83,9 @@ class Decoder(keras.layers.Layer):
         self.word_dropout = WordDropout(word_dropout, name="word_dropout")
         self.embedding = embedding(vocab_size, embedding_dim, stddev=embedding_stddev)
         self.rnns = track(self, "rnn", [rnn_layer(cell, units, f"{cell}_{i}") for i in range(num_layers)])
+        self.layer_norm = layer_norm  # each recurrent cell's projections layer-normalized (seq2seq.recurrent)
+        self.norms = (track(self, "norm", [GateNorm(recurrent.GATES[cell], units, name=f"norm_{i}")
+                                           for i in range(num_layers)]) if layer_norm else [None] * num_layers)
         self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
         self.attention = BahdanauAttention(attention_units, name="attention")
         self.combine = keras.layers.Dense(units, activation="tanh", use_bias=False, name="combine")
@@ -102,6 +105,9 @@ class Decoder(keras.layers.Layer):
         for rnn in self.rnns:
             rnn.build((batch, None, features))
             features = self.units
+        for norm in self.norms:
+            if norm is not None:
+                norm.build()
         self.attention.build((batch, None, self.units), values_shape=values_shape)
         self.combine.build((batch, None, self.units + value_dim))
         self.output_projection.build((batch, None, self.units))
@@ -171,7 +177,7 @@ class Decoder(keras.layers.Layer):
         for i, (rnn, layer_state) in enumerate(zip(self.rnns, state["rnn"])):
             if i > 0:
                 projected = recurrent.project_inputs(rnn.cell, x)
-            x, cell_state = recurrent.cell_step(rnn.cell, projected, list(layer_state))
+            x, cell_state = recurrent.cell_step(rnn.cell, projected, list(layer_state), self.norms[i])
             new_rnn_state.append(cell_state)
             x = self._rnn_dropout(i, x, training)
         attentional, weights = self._attend(x[:, None, :], memory, training)
@@ -190,7 +196,7 @@ class Decoder(keras.layers.Layer):
           weights: float [batch, tgt_len, src_len].
         """
         embedded = self._embed(target_in, training)
-        if recurrent.fused_kernel_available() and not self.input_feeding:  # Keras's layers, in cuDNN
+        if recurrent.fused_kernel_available() and not (self.input_feeding or self.layer_norm):  # Keras's, in cuDNN
             x = embedded
             for i, (rnn, layer_state) in enumerate(zip(self.rnns, state["rnn"])):
                 x, *_ = rnn(x, initial_state=list(layer_state), training=training)
@@ -203,7 +209,7 @@ class Decoder(keras.layers.Layer):
         for i, (rnn, layer_state) in enumerate(zip(self.rnns, state["rnn"])):
             if i > 0:
                 projected = recurrent.project_inputs(rnn.cell, x)
-            x, _ = recurrent.run(rnn.cell, projected, initial_states=list(layer_state))
+            x, _ = recurrent.run(rnn.cell, projected, initial_states=list(layer_state), norms=self.norms[i])
             x = self._rnn_dropout(i, x, training)
         return self._attend(x, memory, training)
 
@@ -232,7 +238,8 @@ class Decoder(keras.layers.Layer):
                 "attention_units": self.attention_units, "input_feeding": self.input_feeding,
                 "dropout": self.dropout, "tie_embeddings": self.tie_embeddings,
                 "dropout_placement": self.dropout_placement, "embedding_stddev": self.embedding_stddev,
-                "output_bfloat16": self.output_bfloat16, "word_dropout": self.word_dropout.rate}
+                "output_bfloat16": self.output_bfloat16, "word_dropout": self.word_dropout.rate,
+                "layer_norm": self.layer_norm}
 
 
 class Seq2Seq(keras.Model):
@@ -252,11 +259,11 @@ class Seq2Seq(keras.Model):
         self.bidirectional, self.bridge_from = o["bidirectional"], o["bridge"]
         self.encoder = Encoder(source_vocab_size, o["embedding_dim"], o["units"], o["encoder_layers"], o["cell"],
                                o["bidirectional"], o["dropout"], o["dropout_placement"], o["embedding_stddev"],
-                               o["word_dropout"], name="encoder")
+                               o["word_dropout"], o["layer_norm"], name="encoder")
         self.decoder = Decoder(target_vocab_size, o["embedding_dim"], o["units"], o["decoder_layers"], o["cell"],
                                o["attention_units"] or o["units"], o["input_feeding"], o["dropout"],
                                o["tie_embeddings"], o["dropout_placement"], o["embedding_stddev"],
-                               o["output_bfloat16"], o["word_dropout"], name="decoder")
+                               o["output_bfloat16"], o["word_dropout"], o["layer_norm"], name="decoder")
         # Bridge: each decoder layer's initial h = tanh(W · s), s the mean of the encoder outputs
         # (Nematus) or its last states, forward and backward (JoeyNMT).
         self.bridge = keras.layers.Dense(o["units"] * o["decoder_layers"], activation="tanh", name="bridge")

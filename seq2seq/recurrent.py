@@ -14,11 +14,19 @@ Keras's); these functions compute with them, with the same formulas as Keras's c
 Both directions of a bidirectional layer run in the same loop: their states are stacked on a
 leading axis of size 2 and multiplied by their stacked recurrent kernels in one batched matmul,
 the backward direction reading the time steps in reverse.
+
+With layer normalization (Ba et al. 2016, §3.1; ``model.layer_norm``), a cell's input projection
+``W x + b`` and its recurrent projection ``U h`` are each normalized gate by gate (each gate's
+block of ``units`` to mean 0 and variance 1) and then scaled and shifted per unit, with the
+weights of a ``seq2seq.layers.GateNorm``; the input's normalization, like its projection, runs
+before the time loop where the whole input is known.
 """
 
 import tensorflow as tf
 
 _KINDS = {"GRUCell": "gru", "LSTMCell": "lstm", "SimpleRNNCell": "rnn"}
+GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # blocks of ``units`` in a projection
+EPSILON = 1e-5
 
 
 def fused_kernel_available():
@@ -63,7 +71,33 @@ def project_inputs(cell, inputs, kernel=None):
     return tf.tensordot(inputs, kernel, 1) + tf.cast(input_bias(cell), inputs.dtype)
 
 
-def step(kind, projected, states, kernel, bias=None):
+def layer_norm(x, scale, shift, gates):
+    """Each gate's block of a projection normalized to mean 0 and variance 1, then ``* scale + shift``.
+
+    Args:
+      x: float [..., gates * units].
+      scale, shift: float, broadcastable to x ([gates * units], or with leading axes).
+      gates: python int.
+    Returns:
+      float of x's shape and dtype (the statistics in float32).
+    """
+    with tf.name_scope("layer_norm"):
+        units = x.shape[-1] // gates
+        blocks = tf.reshape(tf.cast(x, tf.float32), tf.concat([tf.shape(x)[:-1], [gates, units]], 0))
+        mean, variance = tf.nn.moments(blocks, axes=[-1], keepdims=True)
+        normalized = tf.reshape((blocks - mean) * tf.math.rsqrt(variance + EPSILON), tf.shape(x))
+        normalized.set_shape(x.shape)
+        return tf.cast(normalized, x.dtype) * tf.cast(scale, x.dtype) + tf.cast(shift, x.dtype)
+
+
+def normalize_inputs(norm, projected):
+    """``projected`` [..., gates * units] normalized with a ``GateNorm``'s input weights (None: as it is)."""
+    if norm is None:
+        return projected
+    return layer_norm(projected, norm.input_scale, norm.input_shift, norm.gates)
+
+
+def step(kind, projected, states, kernel, bias=None, norm=None):
     """One step of the recurrence from the step's projected input.
 
     Args:
@@ -72,6 +106,8 @@ def step(kind, projected, states, kernel, bias=None):
       states: list of float [..., batch, units]: [h], or [h, c] for LSTM.
       kernel: the recurrent kernel, float [..., units, gates * units] (leading axes as the states').
       bias: the GRU's recurrent bias, float [..., 1, 3 * units] or [3 * units]; else None.
+      norm: None, or the recurrent projection's layer normalization ``(scale, shift)``, each float
+        [..., 1, gates * units] or [gates * units].
     Returns:
       output: float [..., batch, units], the new h.
       states: the new states.
@@ -79,6 +115,8 @@ def step(kind, projected, states, kernel, bias=None):
     with tf.name_scope("recurrent_step"):  # the name profiles group by (seq2seq/profiling.py)
         h = states[0]
         inner = tf.matmul(h, kernel)
+        if norm is not None:
+            inner = layer_norm(inner, *norm, GATES[kind])
         if kind == "gru":
             inner += bias
             x_z, x_r, x_h = tf.split(projected, 3, axis=-1)
@@ -96,20 +134,22 @@ def step(kind, projected, states, kernel, bias=None):
         return h, [h]
 
 
-def cell_step(cell, projected, states):
-    """``step`` with one cell's own recurrent weights: projected [batch, gates * units]."""
+def cell_step(cell, projected, states, norm=None):
+    """``step`` with one cell's own recurrent weights: projected [batch, gates * units], the
+    input projection (``project_inputs``); ``norm``: the cell's ``GateNorm``, or None."""
     kind = cell_kind(cell)
     dtype = projected.dtype
     bias = recurrent_bias(cell)
-    return step(kind, projected, states, tf.cast(cell.recurrent_kernel, dtype),
-                None if bias is None else tf.cast(bias, dtype))
+    return step(kind, normalize_inputs(norm, projected), states, tf.cast(cell.recurrent_kernel, dtype),
+                None if bias is None else tf.cast(bias, dtype),
+                None if norm is None else (norm.recurrent_scale, norm.recurrent_shift))
 
 
 def _time_major(x):
     return tf.transpose(x, [1, 0] + list(range(2, x.shape.rank)))
 
 
-def run(cells, projected, mask=None, initial_states=None):
+def run(cells, projected, mask=None, initial_states=None, norms=None):
     """Runs one or two directions of a recurrent layer over a whole sequence.
 
     Args:
@@ -119,6 +159,7 @@ def run(cells, projected, mask=None, initial_states=None):
       mask: bool [batch, time], False at padding, where a state does not change; None: no padding.
       initial_states: one cell's initial states, a list of float [batch, units] ([h], or [h, c]
         for LSTM); default zeros (always zeros for two cells).
+      norms: None, or each cell's ``GateNorm`` (as ``cells``: one, or two).
     Returns:
       outputs: float [batch, time, units], or [batch, time, 2 * units] for two cells (forward,
         then backward outputs, each at its own time step); undefined at padding.
@@ -127,6 +168,9 @@ def run(cells, projected, mask=None, initial_states=None):
     two = isinstance(cells, (list, tuple))
     cells = list(cells) if two else [cells]
     projected = list(projected) if two else [projected]
+    norms = None if norms is None else (list(norms) if two else [norms])
+    if norms is not None:
+        projected = [normalize_inputs(norm, p) for norm, p in zip(norms, projected)]
     kind, dtype, units = cell_kind(cells[0]), projected[0].dtype, cells[0].units
     # [time, directions, batch, ...]; the backward direction reads the steps in reverse.
     inputs = [_time_major(projected[0])] + ([tf.reverse(_time_major(projected[1]), [0])] if two else [])
@@ -139,6 +183,10 @@ def run(cells, projected, mask=None, initial_states=None):
     bias = None
     if kind == "gru":
         bias = tf.stack([tf.cast(recurrent_bias(c), dtype) for c in cells])[:, None, :]
+    norm = None
+    if norms is not None:  # [directions, 1, gates * units]
+        norm = (tf.stack([tf.cast(n.recurrent_scale, dtype) for n in norms])[:, None, :],
+                tf.stack([tf.cast(n.recurrent_shift, dtype) for n in norms])[:, None, :])
     steps = tf.shape(inputs)[0]
     if initial_states is None:
         zeros = tf.zeros(tf.concat([tf.shape(inputs)[1:3], [units]], 0), dtype)
@@ -151,7 +199,7 @@ def run(cells, projected, mask=None, initial_states=None):
 
     def body(t, states, outputs):
         keep = mask_array.read(t)
-        output, new_states = step(kind, input_array.read(t), states, kernel, bias)
+        output, new_states = step(kind, input_array.read(t), states, kernel, bias, norm)
         states = [tf.where(keep, new, old) for new, old in zip(new_states, states)]
         return t + 1, states, outputs.write(t, output)
 

@@ -72,8 +72,9 @@ def test_padding_never_changes_outputs(cell, input_feeding):
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("input_feeding", [True, False])
-def test_step_by_step_decoding_equals_teacher_forcing(cell, input_feeding):
-    model = _model(cell, input_feeding)
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_step_by_step_decoding_equals_teacher_forcing(cell, input_feeding, layer_norm):
+    model = _model(cell, input_feeding, layer_norm=layer_norm)
     full = model((SOURCE, TARGET_IN)).numpy()
     memory, state = model.encode(tf.constant(SOURCE))
     for t in range(TARGET_IN.shape[1]):
@@ -186,6 +187,24 @@ def test_checkpoint_saves_and_restores_every_weight(cell, tmp_path):
     assert not np.allclose(other((SOURCE, TARGET_IN)), model((SOURCE, TARGET_IN)))
     tf.train.Checkpoint(model=other).restore(path).assert_consumed()
     np.testing.assert_allclose(other((SOURCE, TARGET_IN)), model((SOURCE, TARGET_IN)), atol=1e-6)
+
+
+def test_layer_normalized_model_has_one_norm_per_cell_and_saves_it(tmp_path):
+    model = _model(layers=2, layer_norm=True)
+    plain = _model(layers=2)
+    # Encoder: 2 layers x 2 directions, decoder: 2 layers; each 4 vectors of 3 gates x 16 units.
+    assert model.count_params() - plain.count_params() == 6 * 4 * 3 * 16
+    logits = model((SOURCE, TARGET_IN)).numpy()
+    padded = model((np.pad(SOURCE, [[0, 0], [0, 3]]), TARGET_IN)).numpy()
+    np.testing.assert_allclose(padded, logits, atol=1e-5)  # padding still changes nothing
+    norm = model.decoder.norms[1]
+    norm.recurrent_scale.assign(norm.recurrent_scale * 3.0)
+    assert not np.allclose(model((SOURCE, TARGET_IN)), logits)
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    other = _model(layers=2, layer_norm=True, seed=5)
+    tf.train.Checkpoint(model=other).restore(path).assert_consumed()
+    np.testing.assert_allclose(other((SOURCE, TARGET_IN)), model((SOURCE, TARGET_IN)), atol=1e-6)
+    assert Seq2Seq.from_config(model.get_config()).get_config()["layer_norm"] is True
 
 
 def test_tied_output_layer_scores_against_the_target_embeddings(tmp_path):

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from seq2seq import recurrent
+from seq2seq.layers import GateNorm
 from seq2seq.model import Seq2Seq
 
 LAYERS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM, "rnn": keras.layers.SimpleRNN}
@@ -111,3 +112,106 @@ def test_the_keras_layers_used_on_a_gpu_compute_the_same(monkeypatch):
     monkeypatch.setattr(recurrent, "run", lambda *args, **kwargs: pytest.fail("the time loop ran"))
     np.testing.assert_allclose(model(inputs).numpy(), looped, atol=1e-5)
 
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _numpy_layer_norm(x, scale, shift, gates):
+    blocks = x.reshape(x.shape[:-1] + (gates, -1))
+    normalized = (blocks - blocks.mean(-1, keepdims=True)) / np.sqrt(blocks.var(-1, keepdims=True) + 1e-5)
+    return normalized.reshape(x.shape) * scale + shift
+
+
+def _random_norm(cell, seed):
+    norm = GateNorm(recurrent.GATES[recurrent.cell_kind(cell)], cell.units)
+    norm.build()
+    rng = np.random.default_rng(seed)
+    for weight in norm.weights:  # not the initial ones and zeros, so that each weight shows
+        weight.assign(rng.normal(1.0 if "scale" in weight.name else 0.0, 0.5, weight.shape))
+    return norm
+
+
+def _numpy_ln_steps(kind, cell, norm, x, h, c=None, reverse=False, lengths=None):
+    """A reference layer-normalized recurrence in numpy: x [batch, time, features] -> outputs."""
+    kernel, recurrent_kernel = cell.kernel.numpy(), cell.recurrent_kernel.numpy()
+    bias = cell.bias.numpy()
+    w = {v.name: v.numpy() for v in norm.weights}
+    gates = recurrent.GATES[kind]
+    projected = x @ kernel + (bias[0] if kind == "gru" else bias)
+    projected = _numpy_layer_norm(projected, w["input_scale"], w["input_shift"], gates)
+    steps = range(x.shape[1])[::-1] if reverse else range(x.shape[1])
+    outputs = np.zeros(x.shape[:2] + (cell.units,))
+    for t in steps:
+        inner = _numpy_layer_norm(h @ recurrent_kernel, w["recurrent_scale"], w["recurrent_shift"], gates)
+        if kind == "gru":
+            inner = inner + bias[1]
+            (xz, xr, xh), (rz, rr, rh) = np.split(projected[:, t], 3, -1), np.split(inner, 3, -1)
+            z = _sigmoid(xz + rz)
+            new_h, new_c = z * h + (1 - z) * np.tanh(xh + _sigmoid(xr + rr) * rh), None
+        elif kind == "lstm":
+            i, f, g, o = np.split(projected[:, t] + inner, 4, -1)
+            new_c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+            new_h = _sigmoid(o) * np.tanh(new_c)
+        else:
+            new_h, new_c = np.tanh(projected[:, t] + inner), None
+        real = np.ones([x.shape[0], 1], bool) if lengths is None else (t < lengths)[:, None]
+        h = np.where(real, new_h, h)
+        c = None if new_c is None else np.where(real, new_c, c)
+        outputs[:, t] = h
+    return outputs, h
+
+
+def test_layer_norm_normalizes_each_gate_block_then_scales_and_shifts():
+    x = tf.random.normal([4, 3, 2 * 5], mean=3.0, stddev=2.0)
+    plain = recurrent.layer_norm(x, tf.ones([10]), tf.zeros([10]), gates=2).numpy().reshape(4, 3, 2, 5)
+    np.testing.assert_allclose(plain.mean(-1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(plain.var(-1), 1.0, atol=1e-3)
+    scale, shift = tf.random.normal([10]), tf.random.normal([10])
+    np.testing.assert_allclose(recurrent.layer_norm(x, scale, shift, gates=2).numpy(),
+                               _numpy_layer_norm(x.numpy(), scale.numpy(), shift.numpy(), 2), atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", sorted(LAYERS))
+def test_layer_normalized_layer_matches_a_numpy_reference(cell, inputs):
+    x, mask = inputs
+    layer = keras.layers.Bidirectional(LAYERS[cell](8, return_sequences=True))
+    layer.build(x.shape)
+    cells = [layer.forward_layer.cell, layer.backward_layer.cell]
+    norms = [_random_norm(c, seed) for seed, c in enumerate(cells)]
+    outputs, _ = recurrent.run(cells, [recurrent.project_inputs(c, x) for c in cells], mask, norms=norms)
+    lengths = mask.numpy().sum(1)
+    zeros = np.zeros([3, 8])
+    forward, _ = _numpy_ln_steps(cell, cells[0], norms[0], x.numpy(), zeros, zeros, lengths=lengths)
+    # The backward direction reads each sentence from its last real step (padding leaves zeros).
+    backward = np.zeros_like(forward)
+    for b, n in enumerate(lengths):
+        backward[b, :n] = _numpy_ln_steps(cell, cells[1], norms[1], x.numpy()[b:b + 1, :n], zeros[:1], zeros[:1],
+                                          reverse=True)[0][0]
+    real = mask.numpy()
+    np.testing.assert_allclose(outputs.numpy()[..., :8][real], forward[real], atol=1e-5)
+    np.testing.assert_allclose(outputs.numpy()[..., 8:][real], backward[real], atol=1e-5)
+    # One cell from an initial state, and its steps one at a time (what decoding runs), agree too.
+    initial = [tf.random.normal([3, 8]) for _ in range(2 if cell == "lstm" else 1)]
+    whole, states = recurrent.run(cells[0], recurrent.project_inputs(cells[0], x), initial_states=initial,
+                                  norms=norms[0])
+    expected, last = _numpy_ln_steps(cell, cells[0], norms[0], x.numpy(), initial[0].numpy(),
+                                     initial[-1].numpy())
+    np.testing.assert_allclose(whole.numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(states[0].numpy(), last, atol=1e-5)
+    stepped = initial
+    for t in range(x.shape[1]):
+        h, stepped = recurrent.cell_step(cells[0], recurrent.project_inputs(cells[0], x[:, t]), stepped, norms[0])
+        np.testing.assert_allclose(h.numpy(), expected[:, t], atol=1e-5)
+
+
+def test_layer_normalized_model_runs_its_own_loop_on_a_gpu_too(monkeypatch):
+    keras.utils.set_random_seed(7)
+    model = Seq2Seq(20, 30, embedding_dim=6, units=8, encoder_layers=2, decoder_layers=2, input_feeding=False,
+                    dropout=0.0, layer_norm=True)
+    model.build_weights()
+    inputs = (tf.constant([[5, 6, 7, 3], [8, 3, 0, 0]]), tf.constant([[2, 4, 9, 11], [2, 12, 13, 0]]))
+    looped = model(inputs).numpy()
+    monkeypatch.setattr(recurrent, "fused_kernel_available", lambda: True)  # cuDNN has no layer normalization
+    np.testing.assert_allclose(model(inputs).numpy(), looped, atol=1e-6)
