@@ -62,6 +62,19 @@ def test_tiny_model_learns_the_toy_task(trained_toy, toy_data):
     assert hypotheses[0] == " ".join(toy.translate(sources[0].split()))
 
 
+def test_layer_normalized_model_learns_the_toy_task(toy_data, tmp_path):
+    model_dir = str(tmp_path / "model")
+    Trainer(config_from_dict(toy_config(toy_data, **{"model.layer_norm": True, "training.validate_every": 600})),
+            model_dir).train()
+    config, tokenizer, model = load_model(model_dir)
+    assert config.model.layer_norm and model.decoder.norms[0] is not None
+    sources = open(f"{toy_data}/test.src").read().splitlines()
+    references = open(f"{toy_data}/test.tgt").read().splitlines()
+    hypotheses = Translator(model, tokenizer, config.translate).translate(sources)
+    exact = np.mean([h == r for h, r in zip(hypotheses, references)])
+    assert exact >= 0.95, list(zip(hypotheses, references))[:5]
+
+
 def test_model_directory_holds_everything(trained_toy):
     names = set(os.listdir(trained_toy))
     assert {"config.yaml", "spm.model", "checkpoints", "best", "validation.jsonl", "train.log",
