@@ -64,7 +64,7 @@ def test_tiny_model_learns_the_toy_task(trained_toy, toy_data):
 
 def test_layer_normalized_model_learns_the_toy_task(toy_data, tmp_path):
     model_dir = str(tmp_path / "model")
-    Trainer(config_from_dict(toy_config(toy_data, **{"model.layer_norm": True, "training.validate_every": 600})),
+    Trainer(config_from_dict(toy_config(toy_data, **{"model.layer_norm": True})),
             model_dir).train()
     config, tokenizer, model = load_model(model_dir)
     assert config.model.layer_norm and model.decoder.norms[0] is not None
