@@ -72,6 +72,10 @@ class ModelConfig:
     # The output layer computes in bfloat16 (float32 weights), in training and in search: its
     # matmuls are most of the arithmetic and take half the time on CPUs with AVX512_BF16.
     output_bfloat16: bool = False
+    # The output layer's rows: every target piece of the SentencePiece model (all), or only the
+    # pieces of the training targets' best segmentation and the special ones (observed; kept in
+    # the model directory as output_vocabulary.txt, seq2seq/vocabulary.py).
+    output_vocabulary: str = "all"
 
 
 @dataclass
@@ -130,6 +134,7 @@ _CHOICES = {
     "model.attention": ("bahdanau",),
     "model.dropout_placement": ("attention_input", "all_outputs"),
     "model.bridge": ("mean", "last"),
+    "model.output_vocabulary": ("all", "observed"),
     "training.distribution": ("none", "mirrored", "multi_worker"),
     "training.lr_schedule": ("plateau", "cosine"),
 }
@@ -207,6 +212,9 @@ def _validate(config):
     require(m.attention_units is None or m.attention_units > 0, "model.attention_units", "must be positive")
     require(0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)")
     require(0 <= m.word_dropout < 1, "model.word_dropout", "must be in [0, 1)")
+    require(m.output_vocabulary == "all" or t.sampling_alpha == 0, "model.output_vocabulary",
+            "observed keeps the pieces of the best segmentation only, which sampled segmentations "
+            "(tokenizer.sampling_alpha > 0) leave: use all")
     require(m.embedding_stddev > 0, "model.embedding_stddev", "must be positive")
     for key in ("batch_tokens", "max_length", "epochs", "validate_every", "patience", "validation_beam_size",
                 "keep_checkpoints", "shuffle_buffer", "log_every"):

@@ -40,6 +40,7 @@ class CorpusStats:
     too_long: int = 0  # more than max_length tokens on a side: skipped
     source_tokens: int = 0
     target_tokens: int = 0
+    target_counts: np.ndarray | None = None  # each target id's count (estimate_batches), EOS left out
     notes: collections.Counter = field(default_factory=collections.Counter)  # see corpus.read_lines
 
     def describe(self):
@@ -209,10 +210,11 @@ def estimate_batches(corpus, tokenizer, training_config, tokenizer_config=None):
     boundaries = bucket_boundaries(cfg.max_length)
     sizes = bucket_batch_sizes(boundaries, cfg.batch_tokens, cfg.max_length)
     per_bucket = [0] * len(sizes)
-    stats = CorpusStats()
+    stats = CorpusStats(target_counts=np.zeros(tokenizer.target_vocab_size, np.int64))
     for source, target in encoded_pairs(corpus, tokenizer, cfg.max_length, stats):
         length = max(len(source), len(target))
         per_bucket[sum(length >= b for b in boundaries)] += 1
+        np.add.at(stats.target_counts, target[:-1], 1)
     if tokenizer_config is not None and tokenizer_config.sampling_alpha > 0 and stats.pairs:
         pairs = encoded_dataset(corpus, tokenizer, cfg.max_length, tokenizer_config.sampling_alpha,
                                 tokenizer_config.nbest_size)

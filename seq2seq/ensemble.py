@@ -11,7 +11,8 @@ its own memory and decoder state. The attention weights are the members' weighte
 model is decoded as itself, never wrapped, so its search graph is the single model's.
 
 The members must share the source and the target SentencePiece models (the same ids mean the
-same pieces): ``seq2seq.model_dir.check_shared_tokenizers`` checks that before any model loads.
+same pieces): ``seq2seq.model_dir.check_shared_tokenizers`` checks that before any model loads,
+and their output vocabulary (``load_decoder`` checks it).
 """
 
 import math
@@ -34,6 +35,8 @@ class Ensemble:
         weights = [1.0] * len(models) if weights is None else [float(w) for w in weights]
         if len(weights) != len(models) or min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(f"need {len(models)} non-negative weights, not all 0, got {weights}")
+        if len({tuple(model.settings["output_pieces"] or ()) for model in models}) > 1:
+            raise ValueError("the models of an ensemble must have the same output vocabulary")
         self.models = list(models)
         self.weights = [w / sum(weights) for w in weights]
         # A weight of 0 adds log(0) = -inf inside the log-sum-exp: that member counts for nothing.
@@ -43,6 +46,14 @@ class Ensemble:
     def variables(self):
         """Every member's variables (what an export saves)."""
         return [variable for model in self.models for variable in model.variables]
+
+    def output_index(self, ids):
+        """Target ids -> output indices, the members' (they share one output vocabulary)."""
+        return self.models[0].output_index(ids)
+
+    def target_ids(self, indices):
+        """Output indices -> target ids, the members'."""
+        return self.models[0].target_ids(indices)
 
     def _mix(self, outputs):
         """Members' logits or log-probabilities, each float32 [..., vocab] -> the log of their

@@ -108,6 +108,7 @@ def model_dir_flops(model_dir):
     """Training FLOPs per target token of the model a model directory trains, with the source
     and target lengths of its training corpus under its own SentencePiece model(s)."""
     from seq2seq.corpus import corpus
+    from seq2seq import vocabulary
     from seq2seq.model_dir import read_model_config
     from seq2seq.tokenizer import EOS_ID, Tokenizer
 
@@ -116,4 +117,6 @@ def model_dir_flops(model_dir):
     _, sources, targets = zip(*corpus(config.data, "train").pairs())
     targets = [ids + [EOS_ID] for ids in tokenizer.encode_target(targets)]  # EOS is predicted too
     lengths = corpus_lengths(zip(tokenizer.encode_source(sources), targets))
-    return training_flops_per_token(config.model, tokenizer.target_vocab_size, *lengths)
+    pieces = vocabulary.load(model_dir, config, tokenizer.target_vocab_size)
+    output_size = tokenizer.target_vocab_size if pieces is None else len(pieces)
+    return training_flops_per_token(config.model, output_size, *lengths)

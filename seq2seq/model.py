@@ -23,6 +23,7 @@ input tokens, and projects them for the first recurrent layer, before the loop.
 import dataclasses
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from seq2seq import recurrent
@@ -30,6 +31,7 @@ from seq2seq.attention import BahdanauAttention
 from seq2seq.config import ModelConfig
 from seq2seq.encoder import Encoder
 from seq2seq.layers import GateNorm, WordDropout, drops_after, embedding, rnn_layer, track
+from seq2seq.tokenizer import UNK_ID
 
 __all__ = ["BahdanauAttention", "Decoder", "Encoder", "Seq2Seq", "TiedOutput"]
 
@@ -40,26 +42,32 @@ class TiedOutput(keras.layers.Layer):
     ``logits = (W x) Eᵀ / √d + b``: the attentional vector is projected to the embedding size d
     (skipped when both sizes agree) and scored against every target embedding. The embeddings
     start N(0, 1) for the recurrent input, so without the 1/√d the initial logits would be about
-    √d times larger than an untied output layer's and training starts far slower.
+    √d times larger than an untied output layer's and training starts far slower. With
+    ``pieces`` (the output vocabulary's target ids) only those embeddings are scored.
     """
 
-    def __init__(self, embedding, units, **kwargs):
+    def __init__(self, embedding, units, pieces=None, **kwargs):
         super().__init__(**kwargs)
         self.embedding = embedding
         self.units = units
+        self.pieces = None if pieces is None else tuple(pieces)
+        self.size = embedding.input_dim if pieces is None else len(pieces)
         self.projection = (None if units == embedding.output_dim else
                            keras.layers.Dense(embedding.output_dim, use_bias=False, name="projection"))
 
     def build(self, input_shape):
         if self.projection is not None:
             self.projection.build(input_shape)
-        self.bias = self.add_weight(name="bias", shape=(self.embedding.input_dim,), initializer="zeros")
+        self.bias = self.add_weight(name="bias", shape=(self.size,), initializer="zeros")
         self.built = True
 
     def call(self, x):
         if self.projection is not None:
             x = self.projection(x)
-        embeddings = tf.cast(self.embedding.embeddings, x.dtype) * (self.embedding.output_dim ** -0.5)
+        embeddings = self.embedding.embeddings
+        if self.pieces is not None:
+            embeddings = tf.gather(embeddings, self.pieces)
+        embeddings = tf.cast(embeddings, x.dtype) * (self.embedding.output_dim ** -0.5)
         return tf.matmul(x, embeddings, transpose_b=True) + tf.cast(self.bias, x.dtype)
 
 
@@ -73,13 +81,15 @@ class Decoder(keras.layers.Layer):
 
     def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, attention_units, input_feeding,
                  dropout, tie_embeddings=False, dropout_placement="attention_input", embedding_stddev=1.0,
-                 output_bfloat16=False, word_dropout=0.0, layer_norm=False, **kwargs):
+                 output_bfloat16=False, word_dropout=0.0, layer_norm=False, output_pieces=None, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.attention_units = num_layers, cell, attention_units
         self.input_feeding, self.dropout, self.tie_embeddings = input_feeding, dropout, tie_embeddings
         self.dropout_placement, self.embedding_stddev = dropout_placement, embedding_stddev
         self.output_bfloat16 = output_bfloat16
+        self.output_pieces = None if output_pieces is None else tuple(output_pieces)
+        output_size = vocab_size if output_pieces is None else len(output_pieces)
         self.word_dropout = WordDropout(word_dropout, name="word_dropout")
         self.embedding = embedding(vocab_size, embedding_dim, stddev=embedding_stddev)
         self.rnns = track(self, "rnn", [rnn_layer(cell, units, f"{cell}_{i}") for i in range(num_layers)])
@@ -95,8 +105,8 @@ class Decoder(keras.layers.Layer):
         # (float32 weights) its matmuls take half the time on CPUs with AVX512_BF16.
         output_dtype = "mixed_bfloat16" if output_bfloat16 else None
         self.output_projection = (
-            TiedOutput(self.embedding, units, name="tied_output", dtype=output_dtype) if tie_embeddings else
-            keras.layers.Dense(vocab_size, name="output_projection", dtype=output_dtype))
+            TiedOutput(self.embedding, units, output_pieces, name="tied_output", dtype=output_dtype)
+            if tie_embeddings else keras.layers.Dense(output_size, name="output_projection", dtype=output_dtype))
 
     def build(self, target_shape, values_shape):
         batch, value_dim = target_shape[0], values_shape[-1]
@@ -128,7 +138,7 @@ class Decoder(keras.layers.Layer):
         return self.combine(combined), weights
 
     def logits(self, attentional, training=False):
-        """attentional: [..., units] -> float32 logits [..., vocab_size]."""
+        """attentional: [..., units] -> logits [..., output size] (``Seq2Seq.output_index``)."""
         if self.dropout_placement == "all_outputs":
             attentional = self.output_dropout(attentional, training=training)
         return self.output_projection(attentional)
@@ -239,22 +249,36 @@ class Decoder(keras.layers.Layer):
                 "dropout": self.dropout, "tie_embeddings": self.tie_embeddings,
                 "dropout_placement": self.dropout_placement, "embedding_stddev": self.embedding_stddev,
                 "output_bfloat16": self.output_bfloat16, "word_dropout": self.word_dropout.rate,
-                "layer_norm": self.layer_norm}
+                "layer_norm": self.layer_norm,
+                "output_pieces": None if self.output_pieces is None else list(self.output_pieces)}
 
 
 class Seq2Seq(keras.Model):
     """Encoder, bridge and decoder. ``call((source, target_in))`` returns logits for training;
-    ``encode``, ``initial_state`` and ``decode_step`` are what search uses."""
+    ``encode``, ``initial_state`` and ``decode_step`` are what search uses.
 
-    def __init__(self, source_vocab_size, target_vocab_size, **options):
-        """``options``: the keys of ``ModelConfig`` (seq2seq/config.py documents them and holds
+    The output layer's index i scores target id ``output_pieces[i]`` (seq2seq/vocabulary.py),
+    or id i where ``output_pieces`` is None; ``output_index`` and ``target_ids`` map between the
+    two."""
+
+    def __init__(self, source_vocab_size, target_vocab_size, output_pieces=None, **options):
+        """``output_pieces``: the ascending target ids the output layer scores, None for all.
+        ``options``: the keys of ``ModelConfig`` (seq2seq/config.py documents them and holds
         their defaults); any other keyword goes to ``keras.Model`` (``name``, ``dtype``, ...)."""
         defaults = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
         super().__init__(**{key: options.pop(key) for key in list(options) if key not in defaults})
         o = {**defaults, **options}
         if o["attention"] != "bahdanau":
             raise ValueError(f"unknown attention {o['attention']!r}")
-        self.settings = {"source_vocab_size": source_vocab_size, "target_vocab_size": target_vocab_size, **o}
+        output_pieces = None if output_pieces is None else [int(i) for i in output_pieces]
+        self.settings = {"source_vocab_size": source_vocab_size, "target_vocab_size": target_vocab_size,
+                         "output_pieces": output_pieces, **o}
+        self.output_size = target_vocab_size if output_pieces is None else len(output_pieces)
+        self._pieces = self._indices = None
+        if output_pieces is not None:
+            indices = np.full(target_vocab_size, output_pieces.index(UNK_ID), np.int32)
+            indices[output_pieces] = np.arange(len(output_pieces))
+            self._pieces, self._indices = tf.constant(output_pieces, tf.int32), tf.constant(indices)
         self.cell_type, self.units, self.decoder_layers = o["cell"], o["units"], o["decoder_layers"]
         self.bidirectional, self.bridge_from = o["bidirectional"], o["bridge"]
         self.encoder = Encoder(source_vocab_size, o["embedding_dim"], o["units"], o["encoder_layers"], o["cell"],
@@ -263,15 +287,16 @@ class Seq2Seq(keras.Model):
         self.decoder = Decoder(target_vocab_size, o["embedding_dim"], o["units"], o["decoder_layers"], o["cell"],
                                o["attention_units"] or o["units"], o["input_feeding"], o["dropout"],
                                o["tie_embeddings"], o["dropout_placement"], o["embedding_stddev"],
-                               o["output_bfloat16"], o["word_dropout"], o["layer_norm"], name="decoder")
+                               o["output_bfloat16"], o["word_dropout"], o["layer_norm"], output_pieces,
+                               name="decoder")
         # Bridge: each decoder layer's initial h = tanh(W · s), s the mean of the encoder outputs
         # (Nematus) or its last states, forward and backward (JoeyNMT).
         self.bridge = keras.layers.Dense(o["units"] * o["decoder_layers"], activation="tanh", name="bridge")
 
     @classmethod
-    def from_config_section(cls, model_config, source_vocab_size, target_vocab_size):
+    def from_config_section(cls, model_config, source_vocab_size, target_vocab_size, output_pieces=None):
         """Builds the model described by a ``ModelConfig`` and builds its weights."""
-        model = cls(source_vocab_size, target_vocab_size, **dataclasses.asdict(model_config))
+        model = cls(source_vocab_size, target_vocab_size, output_pieces, **dataclasses.asdict(model_config))
         model.build_weights()
         return model
 
@@ -321,10 +346,19 @@ class Seq2Seq(keras.Model):
         rnn = [[h, zeros] if self.cell_type == "lstm" else [h] for h in hidden]
         return {"rnn": rnn, "feed": zeros}
 
+    def output_index(self, ids):
+        """Target ids int32 [...] -> their output indices [...] (ids outside the output vocabulary
+        -> ``<unk>``'s)."""
+        return ids if self._indices is None else tf.gather(self._indices, ids)
+
+    def target_ids(self, indices):
+        """Output indices int32 [...] -> the target ids they score [...]."""
+        return indices if self._pieces is None else tf.gather(self._pieces, indices)
+
     def decode_step(self, token, state, memory):
-        """One inference step: token int32 [batch] -> float32 logits [batch, vocab] of the next
-        token (search normalizes only the ones it keeps), new state, attention weights [batch,
-        src_len]."""
+        """One inference step: token int32 [batch] (a target id) -> float32 logits [batch, output
+        size] of the next token (search normalizes only the ones it keeps; ``target_ids`` maps
+        their indices to ids), new state, attention weights [batch, src_len]."""
         attentional, state, weights = self.decoder.step(token, state, memory)
         return self.output_logits(attentional), state, weights
 
@@ -341,12 +375,12 @@ class Seq2Seq(keras.Model):
         return self.decoder(target_in, state, memory, training=training)[0]
 
     def output_logits(self, attentional, training=False):
-        """attentional: [..., units] -> float32 logits [..., target_vocab_size]."""
+        """attentional: [..., units] -> float32 logits [..., output size]."""
         return tf.cast(self.decoder.logits(attentional, training=training), tf.float32)
 
     def call(self, inputs, training=False):
         """Teacher-forced logits: ``inputs`` as in ``attentional`` -> float32 logits [batch,
-        tgt_len, target_vocab_size]."""
+        tgt_len, output size]."""
         return self.output_logits(self.attentional(inputs, training=training), training=training)
 
     def get_config(self):

@@ -139,13 +139,16 @@ def restore_weights(model, model_dir, prefer_best=True):
 
 def load_model(model_dir, prefer_best=True):
     """Loads ``(config, tokenizer, model)`` from a trained model directory, weights restored."""
+    from seq2seq import vocabulary
     from seq2seq.model import Seq2Seq
     from seq2seq.tokenizer import Tokenizer
 
     config = read_model_config(model_dir)
     tokenizer = Tokenizer.load(model_dir, config.tokenizer.joint)
     latest_checkpoint(model_dir, prefer_best)  # a missing checkpoint is reported before the model is built
-    model = Seq2Seq.from_config_section(config.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
+    pieces = vocabulary.load(model_dir, config, tokenizer.target_vocab_size)
+    model = Seq2Seq.from_config_section(config.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size,
+                                        pieces)
     restore_weights(model, model_dir, prefer_best)
     return config, tokenizer, model
 
@@ -207,6 +210,10 @@ def load_decoder(model_dirs, weights=None):
     """
     loaded = [load_model(model_dir) for model_dir in model_dirs]
     config, tokenizer, model = loaded[0]
+    for model_dir, (_, _, other) in zip(model_dirs[1:], loaded[1:]):
+        if other.settings["output_pieces"] != model.settings["output_pieces"]:
+            raise ModelDirError(f"{model_dirs[0]} and {model_dir} have different output vocabularies "
+                                "(model.output_vocabulary): the models of an ensemble must score the same pieces")
     if len(loaded) > 1:
         from seq2seq.ensemble import Ensemble
 

@@ -44,8 +44,8 @@ def sequence_loss(model, source, target, training=False, label_smoothing=0.0):
     """
     attentional = model.attentional((source, decoder_inputs(target)), training=training)
     real = tf.not_equal(target, PAD_ID)
-    logits = model.output_logits(tf.boolean_mask(attentional, real), training=training)  # [tokens, vocab]
-    loss = cross_entropy(tf.boolean_mask(target, real), logits, label_smoothing)
+    logits = model.output_logits(tf.boolean_mask(attentional, real), training=training)  # [tokens, output size]
+    loss = cross_entropy(model.output_index(tf.boolean_mask(target, real)), logits, label_smoothing)
     return tf.reduce_sum(loss), tf.cast(tf.size(loss), tf.float32)
 
 

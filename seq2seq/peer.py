@@ -60,7 +60,7 @@ data:
     src: {{lang: "de", max_length: 100, min_length: 1, lowercase: False, normalize: False, level: "bpe",
            voc_file: "{vocab}", tokenizer_type: "sentencepiece", tokenizer_cfg: {{model_file: "{spm}"}}}}
     trg: {{lang: "en", max_length: 100, min_length: 1, lowercase: False, normalize: False, level: "bpe",
-           voc_file: "{vocab}", tokenizer_type: "sentencepiece", tokenizer_cfg: {{model_file: "{spm}"}}}}
+           voc_file: "{trg_vocab}", tokenizer_type: "sentencepiece", tokenizer_cfg: {{model_file: "{spm}"}}}}
     special_symbols: {{unk_token: "<unk>", pad_token: "<pad>", bos_token: "<s>", eos_token: "</s>",
                        unk_id: 0, pad_id: 1, bos_id: 2, eos_id: 3}}
 testing: {{n_best: 1, beam_size: 5, beam_alpha: 1.0, batch_size: {batch}, batch_type: "sentence",
@@ -195,9 +195,18 @@ class PeerBench:
         special = ["<unk>", "<pad>", "<s>", "</s>"]
         with open(vocab, "w", encoding="utf-8") as f:
             f.write("\n".join(special + [p for p in pieces if p not in special]) + "\n")
+        # JoeyNMT's target vocabulary is the pieces our output layer scores (all, or those of
+        # model.output_vocabulary: observed), so that both output layers have the same size.
+        trg_vocab, output_vocabulary = vocab, vocabulary.path(os.path.dirname(self.spm))
+        if os.path.isfile(output_vocabulary):
+            trg_vocab = os.path.join(work, "trg_vocab.txt")
+            with open(output_vocabulary, encoding="utf-8") as f:
+                pieces = [line.rstrip("\n").split("\t", 1)[1] for line in f]
+            with open(trg_vocab, "w", encoding="utf-8") as f:
+                f.write("\n".join(special + [p for p in pieces if p not in special]) + "\n")
         config = os.path.join(work, "config.yaml")
         with open(config, "w", encoding="utf-8") as f:
-            f.write(JOEYNMT_CONFIG.format(work=work, data=os.path.join(ROOT, DATA), vocab=vocab, spm=self.spm,
+            f.write(JOEYNMT_CONFIG.format(work=work, data=os.path.join(ROOT, DATA), vocab=vocab, trg_vocab=trg_vocab, spm=self.spm,
                                           batch=BATCH_SENTENCES))
         self.log(f"run {run + 1}/{self.repeats}: JoeyNMT, one epoch")
         train_log = os.path.join(work, "train.log")

@@ -23,9 +23,10 @@ import time
 import keras
 import tensorflow as tf
 
+from seq2seq import vocabulary
 from seq2seq.config import load_config
 from seq2seq.corpus import corpus
-from seq2seq.dataset import decoder_inputs, training_dataset
+from seq2seq.dataset import decoder_inputs, estimate_batches, training_dataset
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import PAD_ID, Tokenizer
 from seq2seq.optimization import FusedAdam, sequence_loss
@@ -37,7 +38,7 @@ def _dense_loss(model, source, target, label_smoothing):
     loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing,
                                                    reduction=None)
     mask = tf.cast(tf.not_equal(target, PAD_ID), tf.float32)
-    return tf.reduce_sum(loss_fn(tf.one_hot(target, tf.shape(logits)[-1]), logits) * mask)
+    return tf.reduce_sum(loss_fn(tf.one_hot(model.output_index(target), tf.shape(logits)[-1]), logits) * mask)
 
 
 def _cuts(model, optimizer, config):
@@ -90,7 +91,12 @@ def profile_step(work_dir, config_path, num_batches=40, repeats=7, log=print):
     tokens = sum(int(tf.reduce_sum(tf.cast(t != PAD_ID, tf.int32))) for _, t in batches)
     positions = sum(int(tf.size(t)) for _, t in batches)
 
-    model = Seq2Seq.from_config_section(config.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
+    pieces = None
+    if config.model.output_vocabulary == "observed":
+        stats, _ = estimate_batches(corpus(config.data, "train"), tokenizer, config.training)
+        pieces = vocabulary.observed(stats.target_counts)
+    model = Seq2Seq.from_config_section(config.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size,
+                                        pieces)
     optimizer = FusedAdam(config.training.learning_rate)
     optimizer.build(model.trainable_variables)
     cuts = _cuts(model, optimizer, config)

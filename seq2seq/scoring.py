@@ -30,8 +30,8 @@ def forced_log_probs(model, source, target):
     """
     batch = tf.shape(target)[0]
     target_in = tf.concat([tf.fill([batch, 1], BOS_ID), target[:, :-1]], axis=1)
-    logits = tf.cast(model((source, target_in), training=False), tf.float32)  # [batch, tgt_len, vocab]
-    picked = tf.gather(logits, target, batch_dims=2) - tf.reduce_logsumexp(logits, axis=-1)
+    logits = tf.cast(model((source, target_in), training=False), tf.float32)  # [batch, tgt_len, output size]
+    picked = tf.gather(logits, model.output_index(target), batch_dims=2) - tf.reduce_logsumexp(logits, axis=-1)
     mask = tf.not_equal(target, PAD_ID)
     return (tf.reduce_sum(tf.where(mask, picked, 0.0), axis=1),
             tf.reduce_sum(tf.cast(mask, tf.int32), axis=1))

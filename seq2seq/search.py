@@ -119,8 +119,9 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
     """Batched beam search (see the module docstring).
 
     Args:
-      model: a ``Seq2Seq`` or an ``Ensemble`` (anything with ``encode`` and ``decode_step``, whose first output are the
-        next token's logits or log-probabilities, [rows, vocab], the vocabulary size static).
+      model: a ``Seq2Seq`` or an ``Ensemble`` (anything with ``encode``, ``decode_step``, whose first output are the
+        next token's logits or log-probabilities over the output vocabulary, [rows, output size], the size
+        static, and ``target_ids``, which maps output indices to target ids).
       source: int32 [batch, src_len], each row ``pieces + [EOS]`` padded with PAD_ID.
       beam_size: python int K ≥ 1.
       alpha: the length penalty α.
@@ -188,6 +189,7 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
             else:
                 keys = hash_combine(hash_combine(hash_combine(key, live["line"])[:, None], tf.range(k)[None]), t)
                 log_probs, tokens = sample_tokens(logits, sampling, tf.reshape(keys, [-1]))  # [n * k, 1]
+            tokens = model.target_ids(tokens)  # output indices -> target ids
         per_row = log_probs.shape[-1]
         candidates = tf.reshape(tf.reshape(live["logp"], [-1, 1]) + log_probs, [n, k * per_row])
         top_logp, top_index = tf.math.top_k(candidates, k)  # [n, k], best first

@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from seq2seq import model_dir as md
+from seq2seq import vocabulary
 from seq2seq.checkpoints import TrainingState, average_weights, checkpoint_step
 from seq2seq.corpus import check_data, corpus, ignored_keys
 from seq2seq.dataset import estimate_batches, training_dataset
@@ -59,7 +60,7 @@ class Trainer:
             "mixed_float16" if tcfg.mixed_precision else "mixed_bfloat16" if tcfg.bfloat16 else "float32")
         with self.cluster.strategy.scope():
             self.model = Seq2Seq.from_config_section(cfg.model, self.tokenizer.source_vocab_size,
-                                                     self.tokenizer.target_vocab_size)
+                                                     self.tokenizer.target_vocab_size, self.output_pieces)
             self.learning_rate, self.optimizer, self.loss_scale = make_optimizer(tcfg, total_steps)
             (self.loss_scale or self.optimizer).build(self.model.trainable_variables)
             write_dir = self.model_dir if self.cluster.is_chief else self.scratch
@@ -186,6 +187,7 @@ class Trainer:
             md.prepare(self.model_dir, cfg)
             if self.init_from:
                 md.copy_tokenizer(self.init_from, self.model_dir, cfg.tokenizer.joint)
+                vocabulary.copy(self.init_from, self.model_dir)
             setup_logging(os.path.join(self.model_dir, md.TRAIN_LOG))
         else:
             self.scratch = tempfile.mkdtemp(prefix="seq2seq-worker-")
@@ -200,11 +202,19 @@ class Trainer:
         if self.corpus_stats.pairs == 0:
             raise UserError(f"{self.corpus.name}: no training pair is non-empty and within "
                             f"training.max_length={tcfg.max_length} tokens")
+        self.output_pieces, outside = vocabulary.for_training(
+            self.model_dir, cfg, self.tokenizer, self.corpus_stats.target_counts, self.init_from,
+            write_file=self.cluster.is_chief)
+        if self.output_pieces is not None:
+            log.info("output vocabulary: %d of the %d target pieces (%s)%s", len(self.output_pieces),
+                     self.tokenizer.target_vocab_size, vocabulary.FILE,
+                     f"; {outside} target tokens of the corpus lie outside it and are learned as <unk>"
+                     if outside else "")
         total_steps = tcfg.epochs * batches_per_epoch
         if tcfg.max_steps is not None:
             total_steps = min(total_steps, tcfg.max_steps)
         self._build(total_steps)
-        self.guard = DivergenceGuard(self.tokenizer.target_vocab_size, tcfg.log_every, self.state.last_saved_step)
+        self.guard = DivergenceGuard(self.model.output_size, tcfg.log_every, self.state.last_saved_step)
         # Every worker resumes from the chief's last checkpoint (a shared file system).
         resumed = tf.train.latest_checkpoint(os.path.join(self.model_dir, md.CHECKPOINTS))
         if resumed:

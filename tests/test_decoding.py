@@ -314,6 +314,9 @@ def test_top_k_sampling_never_leaves_the_top_k():
     class Fixed:
         logits = tf.math.log(tf.constant([1e-3, 1e-3, 1e-3, 0.2, 0.3, 0.25, 0.149, 0.05, 0.047]))
 
+        def target_ids(self, indices):
+            return indices
+
         def encode(self, source):
             return {"mask": tf.not_equal(source, 0)}, {"unused": tf.zeros([tf.shape(source)[0]])}
 

@@ -28,6 +28,9 @@ class ScriptedModel:
         weights = tf.cast(memory["mask"], tf.float32)
         return tf.math.log(probs), {"t": t + 1}, weights / tf.reduce_sum(weights, -1, keepdims=True)
 
+    def target_ids(self, indices):
+        return indices  # its output scores every token
+
 
 SOURCE = np.array([[5, 6, 7, EOS_ID], [5, 6, 7, EOS_ID], [5, EOS_ID, PAD_ID, PAD_ID]], np.int32)
 
@@ -92,6 +95,8 @@ def test_beam_finds_a_better_hypothesis_than_greedy():
     """Greedy takes the locally best token; the beam finds the path with the higher total probability."""
 
     class TwoPaths:
+        target_ids = ScriptedModel.target_ids
+
         # Step 0: token 4 (0.6) or 5 (0.4). After 4: flat over 10 tokens; after 5: EOS with 0.9.
         def encode(self, source):
             batch = tf.shape(source)[0]
