@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 
+from seq2seq import vocabulary
 from seq2seq.bench import WARMUP_STEPS, steady_rates
 from seq2seq.model_dir import read_history
 
@@ -93,6 +94,28 @@ model:
                emb_scale: False, hidden_size: 256, dropout: 0.3, hidden_dropout: 0.3, num_layers: 1,
                input_feeding: True, init_hidden: "bridge", attention: "bahdanau"}}
 """
+
+
+def joeynmt_vocabularies(spm, work):
+    """JoeyNMT's source and target vocabulary files, written into ``work``, for our SentencePiece
+    model ``spm`` (DIR/spm.model): its pieces with JoeyNMT's special ones first, and for the
+    target side the pieces our output layer scores (DIR/output_vocabulary.txt, where our config
+    sets model.output_vocabulary: observed), so that both output layers have the same size.
+    Returns the two paths (the same one twice without an output vocabulary file)."""
+    special = ["<unk>", "<pad>", "<s>", "</s>"]
+
+    def write(path, pieces):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(special + [p for p in pieces if p not in special]) + "\n")
+        return path
+
+    with open(spm[: -len(".model")] + ".vocab", encoding="utf-8") as f:
+        vocab = write(os.path.join(work, "vocab.txt"), [line.split("\t")[0] for line in f])
+    output_vocabulary = vocabulary.path(os.path.dirname(spm))
+    if not os.path.isfile(output_vocabulary):
+        return vocab, vocab
+    with open(output_vocabulary, encoding="utf-8") as f:
+        return vocab, write(os.path.join(work, "trg_vocab.txt"), [line.rstrip("\n").split("\t", 1)[1] for line in f])
 
 
 def cpu():
@@ -189,25 +212,11 @@ class PeerBench:
     def joeynmt(self, run):
         work = os.path.join(self.work, f"joeynmt{run}")
         os.makedirs(work)
-        vocab = os.path.join(work, "vocab.txt")
-        with open(self.spm[: -len(".model")] + ".vocab", encoding="utf-8") as f:
-            pieces = [line.split("\t")[0] for line in f]
-        special = ["<unk>", "<pad>", "<s>", "</s>"]
-        with open(vocab, "w", encoding="utf-8") as f:
-            f.write("\n".join(special + [p for p in pieces if p not in special]) + "\n")
-        # JoeyNMT's target vocabulary is the pieces our output layer scores (all, or those of
-        # model.output_vocabulary: observed), so that both output layers have the same size.
-        trg_vocab, output_vocabulary = vocab, vocabulary.path(os.path.dirname(self.spm))
-        if os.path.isfile(output_vocabulary):
-            trg_vocab = os.path.join(work, "trg_vocab.txt")
-            with open(output_vocabulary, encoding="utf-8") as f:
-                pieces = [line.rstrip("\n").split("\t", 1)[1] for line in f]
-            with open(trg_vocab, "w", encoding="utf-8") as f:
-                f.write("\n".join(special + [p for p in pieces if p not in special]) + "\n")
+        vocab, trg_vocab = joeynmt_vocabularies(self.spm, work)
         config = os.path.join(work, "config.yaml")
         with open(config, "w", encoding="utf-8") as f:
-            f.write(JOEYNMT_CONFIG.format(work=work, data=os.path.join(ROOT, DATA), vocab=vocab, trg_vocab=trg_vocab, spm=self.spm,
-                                          batch=BATCH_SENTENCES))
+            f.write(JOEYNMT_CONFIG.format(work=work, data=os.path.join(ROOT, DATA), vocab=vocab, trg_vocab=trg_vocab,
+                                          spm=self.spm, batch=BATCH_SENTENCES))
         self.log(f"run {run + 1}/{self.repeats}: JoeyNMT, one epoch")
         train_log = os.path.join(work, "train.log")
         train_wall = _run([self.joey_python, "-m", "joeynmt", "train", config, "--skip-test"], train_log)

@@ -9,8 +9,8 @@ from seq2seq import peer
 
 
 def test_joeynmt_config_is_the_reference_architecture_for_one_epoch(tmp_path):
-    config = yaml.safe_load(peer.JOEYNMT_CONFIG.format(work=tmp_path, data="/data", vocab="/v.txt", spm="/s.model",
-                                                       batch=peer.BATCH_SENTENCES))
+    config = yaml.safe_load(peer.JOEYNMT_CONFIG.format(work=tmp_path, data="/data", vocab="/v.txt", trg_vocab="/t.txt",
+                                                       spm="/s.model", batch=peer.BATCH_SENTENCES))
     encoder, decoder = config["model"]["encoder"], config["model"]["decoder"]
     assert (encoder["rnn_type"], encoder["hidden_size"], encoder["bidirectional"], encoder["dropout"]) == (
         "gru", 256, True, 0.3)
@@ -20,6 +20,24 @@ def test_joeynmt_config_is_the_reference_architecture_for_one_epoch(tmp_path):
         1, 5, 1.0)
     assert config["training"]["validation_freq"] > 29_000 // 64  # no validation inside the epoch
     assert config["data"]["src"]["tokenizer_cfg"]["model_file"] == "/s.model"
+    assert (config["data"]["src"]["voc_file"], config["data"]["trg"]["voc_file"]) == ("/v.txt", "/t.txt")
+
+
+def test_joeynmt_target_vocabulary_is_our_output_vocabulary(tmp_path):
+    model_dir, work = tmp_path / "ours0", tmp_path / "joeynmt0"
+    model_dir.mkdir()
+    work.mkdir()
+    (model_dir / "spm.vocab").write_text("<pad>\t0\n<unk>\t0\n<s>\t0\n</s>\t0\n▁a\t-1\n▁b\t-2\n▁c\t-3\n",
+                                         encoding="utf-8")
+    spm = str(model_dir / "spm.model")
+    vocab, trg_vocab = peer.joeynmt_vocabularies(spm, str(work))
+    assert vocab == trg_vocab
+    assert open(vocab, encoding="utf-8").read().split() == ["<unk>", "<pad>", "<s>", "</s>", "▁a", "▁b", "▁c"]
+    (model_dir / "output_vocabulary.txt").write_text("0\t<pad>\n1\t<unk>\n2\t<s>\n3\t</s>\n6\t▁c\n",
+                                                     encoding="utf-8")
+    vocab, trg_vocab = peer.joeynmt_vocabularies(spm, str(work))
+    assert open(vocab, encoding="utf-8").read().split() == ["<unk>", "<pad>", "<s>", "</s>", "▁a", "▁b", "▁c"]
+    assert open(trg_vocab, encoding="utf-8").read().split() == ["<unk>", "<pad>", "<s>", "</s>", "▁c"]
 
 
 def test_steady_rates_skip_the_warm_up_steps_of_both_logs(tmp_path):
