@@ -107,8 +107,8 @@ def matmul_peak(size=2048, repeats=10, rounds=3):
 def model_dir_flops(model_dir):
     """Training FLOPs per target token of the model a model directory trains, with the source
     and target lengths of its training corpus under its own SentencePiece model(s)."""
-    from seq2seq.corpus import corpus
     from seq2seq import vocabulary
+    from seq2seq.corpus import corpus
     from seq2seq.model_dir import read_model_config
     from seq2seq.tokenizer import EOS_ID, Tokenizer
 

@@ -74,7 +74,8 @@ def test_training_counts_what_lies_outside_a_kept_vocabulary(tmp_path, toy_data)
     vocabulary.for_training(str(tmp_path / "b"), config, Tokenizer, counts)
     counts[[7, 9]] = [3, 5]  # a fine-tuning corpus: id 7 is new
     os.makedirs(tmp_path / "c")
-    ids, outside = vocabulary.for_training(str(tmp_path / "c"), config, Tokenizer, counts, init_from=str(tmp_path / "b"))
+    ids, outside = vocabulary.for_training(str(tmp_path / "c"), config, Tokenizer, counts,
+                                           init_from=str(tmp_path / "b"))
     assert ids == first and outside == 3
     assert vocabulary.read(vocabulary.path(str(tmp_path / "c")), VOCAB) == first
 
