@@ -33,21 +33,31 @@ class BahdanauAttention(keras.layers.Layer):
         """Attends ``query`` over the source.
 
         Args:
-          query: float [batch, tgt_len, query_dim], one query per target position.
+          query: float [batch, tgt_len, query_dim], one query per target position, or [batch,
+            query_dim] for one decoding step.
           keys: float [batch, src_len, units], from ``project_keys(values)``.
           values: float [batch, src_len, value_dim], the encoder outputs.
           source_mask: bool [batch, src_len], False at source padding.
         Returns:
-          context: float [batch, tgt_len, value_dim], the weighted sum of ``values``.
-          weights: float [batch, tgt_len, src_len]; each row sums to 1 and is 0 at padding.
+          context: float [batch, tgt_len, value_dim] (for one step [batch, value_dim]), the
+            weighted sum of ``values``.
+          weights: float [batch, tgt_len, src_len] (for one step [batch, src_len]); each row sums
+            to 1 and is 0 at padding.
         """
-        projected = self.query_projection(query)  # [batch, tgt_len, units]
-        hidden = tf.tanh(projected[:, :, None, :] + keys[:, None, :, :])  # [batch, tgt_len, src_len, units]
-        scores = tf.squeeze(self.energy(hidden), -1)  # [batch, tgt_len, src_len]
-        scores = tf.where(source_mask[:, None, :], scores, tf.cast(-1e9, scores.dtype))
-        weights = tf.nn.softmax(scores, axis=-1)
-        context = tf.matmul(weights, values)
-        return context, weights
+        # New axes by expand_dims, not by indexing with None: a strided slice's gradient
+        # scatters into a zero tensor of the whole input's shape, at every step of a time loop.
+        step = query.shape.rank == 2
+        projected = self.query_projection(query)  # [batch, (tgt_len,) units]
+        if step:
+            hidden = tf.tanh(tf.expand_dims(projected, 1) + keys)  # [batch, src_len, units]
+        else:
+            hidden = tf.tanh(tf.expand_dims(projected, 2) + tf.expand_dims(keys, 1))  # [batch, tgt_len, src_len, units]
+        scores = tf.squeeze(self.energy(hidden), -1)  # [batch, (tgt_len,) src_len]
+        mask = source_mask if step else tf.expand_dims(source_mask, 1)
+        weights = tf.nn.softmax(tf.where(mask, scores, tf.cast(-1e9, scores.dtype)), axis=-1)
+        if step:
+            return tf.squeeze(tf.matmul(tf.expand_dims(weights, 1), values), 1), weights
+        return tf.matmul(weights, values), weights
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}

@@ -16,6 +16,8 @@ import yaml
 
 from seq2seq.errors import ConfigError
 
+BOOL_OR_AUTO = typing.Union[bool, typing.Literal["auto"]]  # a key that is true, false or auto
+
 
 @dataclass
 class DataConfig:
@@ -69,9 +71,9 @@ class ModelConfig:
     embedding_stddev: float = 1.0  # embeddings start N(0, stddev²)
     bridge: str = "mean"  # the decoder's initial state from the encoder outputs' mean | last states
     tie_embeddings: bool = False  # the output layer reuses the target embedding matrix
-    # The output layer computes in bfloat16 (float32 weights), in training and in search: its
-    # matmuls are most of the arithmetic and take half the time on CPUs with AVX512_BF16.
-    output_bfloat16: bool = False
+    # The output layer's matmul in bfloat16 (float32 weights), in training and in search: true,
+    # false, or auto (where the CPU has AVX512_BF16 or AMX; seq2seq/output.py).
+    output_bfloat16: BOOL_OR_AUTO = False
     # The output layer's rows: every target piece of the SentencePiece model (all), or only the
     # pieces of the training targets' best segmentation and the special ones (observed; kept in
     # the model directory as output_vocabulary.txt, seq2seq/vocabulary.py).
@@ -142,6 +144,10 @@ _CHOICES = {
 
 def _check_type(path, value, annotation):
     """Returns ``value`` converted to ``annotation`` or raises a ConfigError naming ``path``."""
+    if annotation == BOOL_OR_AUTO:
+        if isinstance(value, bool) or value == "auto":
+            return value
+        raise ConfigError(f"config key {path}: expected true, false or auto, got {value!r}")
     optional = typing.get_origin(annotation) is typing.Union
     if optional:
         if value is None:

@@ -31,44 +31,10 @@ from seq2seq.attention import BahdanauAttention
 from seq2seq.config import ModelConfig
 from seq2seq.encoder import Encoder
 from seq2seq.layers import GateNorm, WordDropout, drops_after, embedding, rnn_layer, track
+from seq2seq.output import OutputProjection, TiedOutput, resolve_bfloat16
 from seq2seq.tokenizer import UNK_ID
 
 __all__ = ["BahdanauAttention", "Decoder", "Encoder", "Seq2Seq", "TiedOutput"]
-
-
-class TiedOutput(keras.layers.Layer):
-    """Output layer that shares its weights with the target embedding (Press & Wolf, 2017).
-
-    ``logits = (W x) Eᵀ / √d + b``: the attentional vector is projected to the embedding size d
-    (skipped when both sizes agree) and scored against every target embedding. The embeddings
-    start N(0, 1) for the recurrent input, so without the 1/√d the initial logits would be about
-    √d times larger than an untied output layer's and training starts far slower. With
-    ``pieces`` (the output vocabulary's target ids) only those embeddings are scored.
-    """
-
-    def __init__(self, embedding, units, pieces=None, **kwargs):
-        super().__init__(**kwargs)
-        self.embedding = embedding
-        self.units = units
-        self.pieces = None if pieces is None else tuple(pieces)
-        self.size = embedding.input_dim if pieces is None else len(pieces)
-        self.projection = (None if units == embedding.output_dim else
-                           keras.layers.Dense(embedding.output_dim, use_bias=False, name="projection"))
-
-    def build(self, input_shape):
-        if self.projection is not None:
-            self.projection.build(input_shape)
-        self.bias = self.add_weight(name="bias", shape=(self.size,), initializer="zeros")
-        self.built = True
-
-    def call(self, x):
-        if self.projection is not None:
-            x = self.projection(x)
-        embeddings = self.embedding.embeddings
-        if self.pieces is not None:
-            embeddings = tf.gather(embeddings, self.pieces)
-        embeddings = tf.cast(embeddings, x.dtype) * (self.embedding.output_dim ** -0.5)
-        return tf.matmul(x, embeddings, transpose_b=True) + tf.cast(self.bias, x.dtype)
 
 
 class Decoder(keras.layers.Layer):
@@ -101,12 +67,10 @@ class Decoder(keras.layers.Layer):
         self.combine = keras.layers.Dense(units, activation="tanh", use_bias=False, name="combine")
         self.attention_dropout = keras.layers.Dropout(dropout, name="attention_dropout")
         self.output_dropout = keras.layers.Dropout(dropout, name="output_dropout")
-        # The output layer is most of the arithmetic of training and of each search step; in bfloat16
-        # (float32 weights) its matmuls take half the time on CPUs with AVX512_BF16.
-        output_dtype = "mixed_bfloat16" if output_bfloat16 else None
+        bfloat16 = resolve_bfloat16(output_bfloat16)  # the output layer's matmul (seq2seq/output.py)
         self.output_projection = (
-            TiedOutput(self.embedding, units, output_pieces, name="tied_output", dtype=output_dtype)
-            if tie_embeddings else keras.layers.Dense(output_size, name="output_projection", dtype=output_dtype))
+            TiedOutput(self.embedding, units, output_pieces, bfloat16, name="tied_output")
+            if tie_embeddings else OutputProjection(output_size, bfloat16, name="output_projection"))
 
     def build(self, target_shape, values_shape):
         batch, value_dim = target_shape[0], values_shape[-1]
@@ -130,7 +94,8 @@ class Decoder(keras.layers.Layer):
         return x
 
     def _attend(self, outputs, memory, training=False):
-        """outputs: [batch, tgt_len, units] -> attentional vectors [batch, tgt_len, units], weights."""
+        """outputs: [batch, (tgt_len,) units] -> attentional vectors [batch, (tgt_len,) units], the
+        attention weights [batch, (tgt_len,) src_len]."""
         context, weights = self.attention(outputs, memory["keys"], memory["values"], memory["mask"])
         combined = tf.concat([outputs, context], axis=-1)
         if self.dropout_placement == "attention_input":
@@ -190,8 +155,7 @@ class Decoder(keras.layers.Layer):
             x, cell_state = recurrent.cell_step(rnn.cell, projected, list(layer_state), self.norms[i])
             new_rnn_state.append(cell_state)
             x = self._rnn_dropout(i, x, training)
-        attentional, weights = self._attend(x[:, None, :], memory, training)
-        attentional, weights = attentional[:, 0], weights[:, 0]
+        attentional, weights = self._attend(x, memory, training)
         return attentional, {"rnn": new_rnn_state, "feed": attentional}, weights
 
     def call(self, target_in, state, memory, training=False):

@@ -192,7 +192,7 @@ def run(cells, projected, mask=None, initial_states=None, norms=None):
         zeros = tf.zeros(tf.concat([tf.shape(inputs)[1:3], [units]], 0), dtype)
         states = [zeros, zeros] if kind == "lstm" else [zeros]
     else:
-        states = [tf.cast(s, dtype)[None] for s in initial_states]
+        states = [tf.expand_dims(tf.cast(s, dtype), 0) for s in initial_states]
     input_array = tf.TensorArray(dtype, size=steps).unstack(inputs)
     mask_array = tf.TensorArray(tf.bool, size=steps).unstack(masks)
     outputs = tf.TensorArray(dtype, size=steps)
@@ -204,8 +204,9 @@ def run(cells, projected, mask=None, initial_states=None, norms=None):
         return t + 1, states, outputs.write(t, output)
 
     _, states, outputs = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), states, outputs))
-    outputs = outputs.stack()  # [time, directions, batch, units]
-    forward = _time_major(outputs[:, 0])
+    # Unstacked, not indexed: a strided slice's gradient is a scatter into zeros of the whole shape.
+    outputs = tf.unstack(outputs.stack(), num=len(cells), axis=1)  # directions × [time, batch, units]
+    forward = _time_major(outputs[0])
     if not two:
-        return forward, [s[0] for s in states]
-    return tf.concat([forward, _time_major(tf.reverse(outputs[:, 1], [0]))], axis=-1), None
+        return forward, [tf.squeeze(s, 0) for s in states]
+    return tf.concat([forward, _time_major(tf.reverse(outputs[1], [0]))], axis=-1), None

@@ -193,7 +193,7 @@ def test_bfloat16_output_layer_trains_the_toy_task_in_training_and_search(toy_da
     trainer.train()
     _, _, model = load_model(model_dir)  # the setting is saved with the model and used in search
     for output in (trainer.model.decoder.output_projection, model.decoder.output_projection):
-        assert output.compute_dtype == "bfloat16" and output.kernel.dtype == "float32"
+        assert output.bfloat16 and output.kernel.dtype == "float32"
     assert model.decoder.combine.compute_dtype == "float32"
     single, bfloat16 = _exact_match(trained_toy, toy_data), _exact_match(model_dir, toy_data)
     assert bfloat16 >= 0.9 and abs(bfloat16 - single) <= 0.05, (single, bfloat16)

@@ -43,6 +43,20 @@ def test_attention_is_additive_bahdanau_score():
     np.testing.assert_allclose(weights.numpy()[0, 0], tf.nn.softmax(scores).numpy(), rtol=1e-5)
 
 
+def test_attention_of_one_step_equals_each_position_of_a_sequence():
+    attention = BahdanauAttention(6)
+    values = tf.random.normal([2, 5, 4])
+    mask = tf.constant([[True] * 5, [True, True, True, False, False]])
+    query = tf.random.normal([2, 3, 7])
+    keys = attention.project_keys(values)
+    context, weights = attention(query, keys, values, mask)
+    for t in range(3):
+        step_context, step_weights = attention(query[:, t], keys, values, mask)
+        assert step_context.shape == (2, 4) and step_weights.shape == (2, 5)
+        np.testing.assert_allclose(step_context, context[:, t], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(step_weights, weights[:, t], rtol=1e-5, atol=1e-6)
+
+
 def test_encoder_output_is_zero_at_padding_and_ignores_padding_length():
     encoder = Encoder(40, 8, 16, 2, "lstm", True, 0.0)
     outputs, mask = encoder(tf.constant(SOURCE))
@@ -234,12 +248,27 @@ def test_bfloat16_output_layer_keeps_float32_weights_and_logits(tie_embeddings):
     reference = _model(tie_embeddings=tie_embeddings, layers=1)
     reference.set_weights(model.get_weights())
     output = model.decoder.output_projection
-    assert output.compute_dtype == "bfloat16" and all(w.dtype == "float32" for w in output.weights)
+    assert output.bfloat16 and all(w.dtype == "float32" for w in output.weights)
     assert model.decoder.combine.compute_dtype == "float32"  # only the output layer
     logits, expected = model((SOURCE, TARGET_IN)), reference((SOURCE, TARGET_IN))
     assert logits.dtype == tf.float32
-    # bfloat16 keeps 8 bits of mantissa: logits within about 1% of the float32 model's.
+    # bfloat16 keeps 8 bits of mantissa: logits within about 1% of the float32 model's, and rounded.
     np.testing.assert_allclose(logits, expected, atol=0.02 * float(np.abs(expected).max()))
+    assert not np.allclose(logits, expected, rtol=0, atol=1e-5)
     memory, state = model.encode(tf.constant(SOURCE))
     assert model.decode_step(tf.constant(TARGET_IN[:, 0]), state, memory)[0].dtype == tf.float32
-    assert Seq2Seq.from_config(model.get_config()).decoder.output_projection.compute_dtype == "bfloat16"
+    assert Seq2Seq.from_config(model.get_config()).decoder.output_projection.bfloat16
+
+
+def test_bfloat16_auto_follows_the_cpu_flags(tmp_path):
+    from seq2seq.output import cpu_has_bfloat16, resolve_bfloat16
+
+    flags = "processor\t: 0\nflags\t\t: fpu sse avx512f {}\n"
+    for extra, expected in (("", False), ("avx512_bf16", True), ("amx_bf16 amx_tile", True)):
+        (tmp_path / "cpuinfo").write_text(flags.format(extra))
+        assert cpu_has_bfloat16(str(tmp_path / "cpuinfo")) is expected
+    assert cpu_has_bfloat16(str(tmp_path / "missing")) is False
+    assert resolve_bfloat16(True) is True and resolve_bfloat16(False) is False
+    assert resolve_bfloat16("auto") is cpu_has_bfloat16()
+    model = _model(layers=1, output_bfloat16="auto")
+    assert model.decoder.output_projection.bfloat16 is cpu_has_bfloat16()
