@@ -110,12 +110,13 @@ def joeynmt_vocabularies(spm, work):
         return path
 
     with open(spm[: -len(".model")] + ".vocab", encoding="utf-8") as f:
-        vocab = write(os.path.join(work, "vocab.txt"), [line.split("\t")[0] for line in f])
+        pieces = [line.split("\t")[0] for line in f]  # line i: the piece of id i
+    vocab = write(os.path.join(work, "vocab.txt"), pieces)
     output_vocabulary = vocabulary.path(os.path.dirname(spm))
     if not os.path.isfile(output_vocabulary):
         return vocab, vocab
-    with open(output_vocabulary, encoding="utf-8") as f:
-        return vocab, write(os.path.join(work, "trg_vocab.txt"), [line.rstrip("\n").split("\t", 1)[1] for line in f])
+    ids = vocabulary.read(output_vocabulary, len(pieces))
+    return vocab, write(os.path.join(work, "trg_vocab.txt"), [pieces[i] for i in ids])
 
 
 def cpu():
