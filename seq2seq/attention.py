@@ -3,16 +3,20 @@
 import keras
 import tensorflow as tf
 
+from seq2seq import precision
+
 
 class BahdanauAttention(keras.layers.Layer):
     """Additive attention: ``score(q, k) = vᵀ tanh(W₁ q + W₂ k)`` (Bahdanau et al., 2015, §A.1.2).
 
-    Keys are projected once per source batch (``project_keys``) and reused for every query.
+    Keys are projected once per source batch (``project_keys``) and reused for every query. With
+    ``bfloat16`` the query and key projections run in bfloat16 (seq2seq/precision.py).
     """
 
-    def __init__(self, units, **kwargs):
+    def __init__(self, units, bfloat16=False, **kwargs):
         super().__init__(**kwargs)
         self.units = units
+        self.bfloat16 = bfloat16
         self.query_projection = keras.layers.Dense(units, use_bias=False, name="query_projection")
         self.key_projection = keras.layers.Dense(units, use_bias=True, name="key_projection")
         self.energy = keras.layers.Dense(1, use_bias=False, name="energy")
@@ -27,9 +31,18 @@ class BahdanauAttention(keras.layers.Layer):
 
     def project_keys(self, values):
         """W₂ k for every source position. values: float [batch, src_len, value_dim] -> [batch, src_len, units]."""
-        return self.key_projection(values)
+        if not self.bfloat16:
+            return self.key_projection(values)
+        # The bias apart: oneDNN's bfloat16 matmul with a fused bias is slow (seq2seq/output.py).
+        keys = precision.matmul(values, self.key_projection.kernel, True) + self.key_projection.bias
+        return tf.cast(keys, values.dtype)
 
-    def call(self, query, keys, values, source_mask):
+    def query_kernel(self):
+        """The query projection's kernel in bfloat16, to cast once before a time loop; None
+        without ``bfloat16`` (the Keras layer computes)."""
+        return precision.kernel(self.query_projection.kernel, True) if self.bfloat16 else None
+
+    def call(self, query, keys, values, source_mask, query_kernel=None):
         """Attends ``query`` over the source.
 
         Args:
@@ -38,6 +51,7 @@ class BahdanauAttention(keras.layers.Layer):
           keys: float [batch, src_len, units], from ``project_keys(values)``.
           values: float [batch, src_len, value_dim], the encoder outputs.
           source_mask: bool [batch, src_len], False at source padding.
+          query_kernel: ``query_kernel()``, made once before a time loop (default: made here).
         Returns:
           context: float [batch, tgt_len, value_dim] (for one step [batch, value_dim]), the
             weighted sum of ``values``.
@@ -47,7 +61,10 @@ class BahdanauAttention(keras.layers.Layer):
         # New axes by expand_dims, not by indexing with None: a strided slice's gradient
         # scatters into a zero tensor of the whole input's shape, at every step of a time loop.
         step = query.shape.rank == 2
-        projected = self.query_projection(query)  # [batch, (tgt_len,) units]
+        if self.bfloat16:
+            projected = precision.matmul(query, self.query_kernel() if query_kernel is None else query_kernel)
+        else:
+            projected = self.query_projection(query)  # [batch, (tgt_len,) units]
         if step:
             hidden = tf.tanh(tf.expand_dims(projected, 1) + keys)  # [batch, src_len, units]
         else:
@@ -60,4 +77,4 @@ class BahdanauAttention(keras.layers.Layer):
         return tf.matmul(weights, values), weights
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units}
+        return {**super().get_config(), "units": self.units, "bfloat16": self.bfloat16}

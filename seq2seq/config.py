@@ -72,8 +72,11 @@ class ModelConfig:
     bridge: str = "mean"  # the decoder's initial state from the encoder outputs' mean | last states
     tie_embeddings: bool = False  # the output layer reuses the target embedding matrix
     # The output layer's matmul in bfloat16 (float32 weights), in training and in search: true,
-    # false, or auto (where the CPU has AVX512_BF16 or AMX; seq2seq/output.py).
+    # false, or auto (where the CPU has AVX512_BF16 or AMX; seq2seq/precision.py).
     output_bfloat16: BOOL_OR_AUTO = False
+    # The encoder's and the decoder's matmuls before the output layer in bfloat16 (float32 weights
+    # and states), in training and in search: true, false, or auto (seq2seq/precision.py).
+    recurrent_bfloat16: BOOL_OR_AUTO = False
     # The output layer's rows: every target piece of the SentencePiece model (all), or only the
     # pieces of the training targets' best segmentation and the special ones (observed; kept in
     # the model directory as output_vocabulary.txt, seq2seq/vocabulary.py).

@@ -4,17 +4,19 @@ import keras
 import tensorflow as tf
 
 from seq2seq import recurrent
+from seq2seq.precision import resolve_bfloat16
 from seq2seq.layers import RNN_LAYERS, GateNorm, WordDropout, drops_after, embedding, track
 from seq2seq.tokenizer import PAD_ID
 
 
 class Encoder(keras.layers.Layer):
     """Embedding, dropout, and a stack of (bidirectional) GRU/LSTM/RNN layers with dropout between
-    (with ``layer_norm``, each cell's projections layer-normalized: ``seq2seq.recurrent``)."""
+    (with ``layer_norm``, each cell's projections layer-normalized: ``seq2seq.recurrent``; with
+    ``recurrent_bfloat16``, their matmuls in bfloat16: ``seq2seq.precision``)."""
 
     def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, bidirectional, dropout,
                  dropout_placement="attention_input", embedding_stddev=1.0, word_dropout=0.0, layer_norm=False,
-                 **kwargs):
+                 recurrent_bfloat16=False, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.bidirectional, self.dropout = num_layers, cell, bidirectional, dropout
@@ -29,6 +31,8 @@ class Encoder(keras.layers.Layer):
             rnns.append(layer)
         self.rnns = track(self, "rnn", rnns)
         self.layer_norm = layer_norm
+        self.recurrent_bfloat16 = recurrent_bfloat16
+        self.bfloat16 = resolve_bfloat16(recurrent_bfloat16)
         directions = ("forward", "backward") if bidirectional else ("forward",)
         self.norms = [track(self, f"norm_{i}", [GateNorm(recurrent.GATES[cell], units, name=f"norm_{i}_{d}")
                                                 for d in directions]) if layer_norm else None
@@ -57,9 +61,10 @@ class Encoder(keras.layers.Layer):
             return rnn(x, mask=mask)
         if self.bidirectional:
             cells = [rnn.forward_layer.cell, rnn.backward_layer.cell]
-            return recurrent.run(cells, [recurrent.project_inputs(cell, x) for cell in cells], mask, norms=norms)[0]
-        return recurrent.run(rnn.cell, recurrent.project_inputs(rnn.cell, x), mask,
-                             norms=None if norms is None else norms[0])[0]
+            return recurrent.run(cells, [recurrent.project_inputs(cell, x, bfloat16=self.bfloat16) for cell in cells],
+                                 mask, norms=norms, bfloat16=self.bfloat16)[0]
+        return recurrent.run(rnn.cell, recurrent.project_inputs(rnn.cell, x, bfloat16=self.bfloat16), mask,
+                             norms=None if norms is None else norms[0], bfloat16=self.bfloat16)[0]
 
     def call(self, source, training=False):
         """Encodes source ids.
@@ -84,4 +89,5 @@ class Encoder(keras.layers.Layer):
                 "units": self.units, "num_layers": self.num_layers, "cell": self.cell,
                 "bidirectional": self.bidirectional, "dropout": self.dropout,
                 "dropout_placement": self.dropout_placement, "embedding_stddev": self.embedding_stddev,
-                "word_dropout": self.word_dropout.rate, "layer_norm": self.layer_norm}
+                "word_dropout": self.word_dropout.rate, "layer_norm": self.layer_norm,
+                "recurrent_bfloat16": self.recurrent_bfloat16}

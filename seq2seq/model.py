@@ -26,12 +26,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from seq2seq import recurrent
+from seq2seq import precision, recurrent
 from seq2seq.attention import BahdanauAttention
 from seq2seq.config import ModelConfig
 from seq2seq.encoder import Encoder
 from seq2seq.layers import GateNorm, WordDropout, drops_after, embedding, rnn_layer, track
-from seq2seq.output import OutputProjection, TiedOutput, resolve_bfloat16
+from seq2seq.output import OutputProjection, TiedOutput
+from seq2seq.precision import resolve_bfloat16
 from seq2seq.tokenizer import UNK_ID
 
 __all__ = ["BahdanauAttention", "Decoder", "Encoder", "Seq2Seq", "TiedOutput"]
@@ -47,13 +48,15 @@ class Decoder(keras.layers.Layer):
 
     def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, attention_units, input_feeding,
                  dropout, tie_embeddings=False, dropout_placement="attention_input", embedding_stddev=1.0,
-                 output_bfloat16=False, word_dropout=0.0, layer_norm=False, output_pieces=None, **kwargs):
+                 output_bfloat16=False, word_dropout=0.0, layer_norm=False, output_pieces=None,
+                 recurrent_bfloat16=False, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.attention_units = num_layers, cell, attention_units
         self.input_feeding, self.dropout, self.tie_embeddings = input_feeding, dropout, tie_embeddings
         self.dropout_placement, self.embedding_stddev = dropout_placement, embedding_stddev
-        self.output_bfloat16 = output_bfloat16
+        self.output_bfloat16, self.recurrent_bfloat16 = output_bfloat16, recurrent_bfloat16
+        self.bfloat16 = resolve_bfloat16(recurrent_bfloat16)  # every matmul before the output layer's
         self.output_pieces = None if output_pieces is None else tuple(output_pieces)
         output_size = vocab_size if output_pieces is None else len(output_pieces)
         self.word_dropout = WordDropout(word_dropout, name="word_dropout")
@@ -63,7 +66,7 @@ class Decoder(keras.layers.Layer):
         self.norms = (track(self, "norm", [GateNorm(recurrent.GATES[cell], units, name=f"norm_{i}")
                                            for i in range(num_layers)]) if layer_norm else [None] * num_layers)
         self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
-        self.attention = BahdanauAttention(attention_units, name="attention")
+        self.attention = BahdanauAttention(attention_units, self.bfloat16, name="attention")
         self.combine = keras.layers.Dense(units, activation="tanh", use_bias=False, name="combine")
         self.attention_dropout = keras.layers.Dropout(dropout, name="attention_dropout")
         self.output_dropout = keras.layers.Dropout(dropout, name="output_dropout")
@@ -93,14 +96,19 @@ class Decoder(keras.layers.Layer):
             x = self.dropouts[i + 1](x, training=training)
         return x
 
-    def _attend(self, outputs, memory, training=False):
+    def _attend(self, outputs, memory, training=False, weights=None):
         """outputs: [batch, (tgt_len,) units] -> attentional vectors [batch, (tgt_len,) units], the
-        attention weights [batch, (tgt_len,) src_len]."""
-        context, weights = self.attention(outputs, memory["keys"], memory["values"], memory["mask"])
+        attention weights [batch, (tgt_len,) src_len]. ``weights``: ``_step_weights``, made once
+        before a time loop (default: made here)."""
+        weights = self._step_weights(outputs.dtype) if weights is None else weights
+        context, attention = self.attention(outputs, memory["keys"], memory["values"], memory["mask"],
+                                            weights["query"])
         combined = tf.concat([outputs, context], axis=-1)
         if self.dropout_placement == "attention_input":
             combined = self.attention_dropout(combined, training=training)
-        return self.combine(combined), weights
+        if weights["combine"] is None:
+            return self.combine(combined), attention
+        return tf.tanh(precision.matmul(combined, weights["combine"])), attention
 
     def logits(self, attentional, training=False):
         """attentional: [..., units] -> logits [..., output size] (``Seq2Seq.output_index``)."""
@@ -131,32 +139,46 @@ class Decoder(keras.layers.Layer):
         """The embeddings' share of the first recurrent layer's input projection (its bias
         included): float [..., embedding_dim] -> [..., gates * units]."""
         cell = self.rnns[0].cell
-        return recurrent.project_inputs(cell, embedded, cell.kernel[: self.embedding_dim])
+        return recurrent.project_inputs(cell, embedded, cell.kernel[: self.embedding_dim], self.bfloat16)
 
-    def _feed_kernel(self, dtype):
-        """The rows of the first recurrent layer's input kernel that the input feed meets:
-        float [units, gates * units], or None without input feeding."""
-        if not self.input_feeding:
-            return None
-        return tf.cast(self.rnns[0].cell.kernel[self.embedding_dim:], dtype)
-
-    def _step_projected(self, projected, state, memory, training, feed_kernel=None):
-        """``step`` from the embedded token's projection [batch, gates * units] (``_project_embedded``).
-        ``feed_kernel``: ``_feed_kernel()``, computed once outside a time loop."""
+    def _step_weights(self, dtype):
+        """The kernels a decoding step multiplies by, cast once before a time loop (a cast in the
+        loop would convert them at every step). A dict: ``feed``, the rows of the first recurrent
+        layer's input kernel that the input feed meets ([units, gates * units], None without
+        input feeding), in ``dtype`` or bfloat16; with ``recurrent_bfloat16`` also in bfloat16
+        (else None, and the layers read their own weights): ``input`` and ``recurrent``, per
+        recurrent layer, its input kernel (None for the first, fed by ``_project_embedded``) and
+        recurrent kernel; ``query``, the attention's query projection; ``combine``, the
+        attentional layer's kernel."""
+        layers = len(self.rnns)
+        weights = {"feed": None, "input": [None] * layers, "recurrent": [None] * layers, "query": None,
+                   "combine": None}
         if self.input_feeding:
-            if feed_kernel is None:
-                feed_kernel = self._feed_kernel(projected.dtype)
+            weights["feed"] = precision.kernel(self.rnns[0].cell.kernel[self.embedding_dim:], self.bfloat16, dtype)
+        if self.bfloat16:
+            weights["input"] = [None] + [precision.kernel(rnn.cell.kernel, True) for rnn in self.rnns[1:]]
+            weights["recurrent"] = [precision.kernel(rnn.cell.recurrent_kernel, True) for rnn in self.rnns]
+            weights["query"] = self.attention.query_kernel()
+            weights["combine"] = precision.kernel(self.combine.kernel, True)
+        return weights
+
+    def _step_projected(self, projected, state, memory, training, weights=None):
+        """``step`` from the embedded token's projection [batch, gates * units] (``_project_embedded``).
+        ``weights``: ``_step_weights``, made once before a time loop (default: made here)."""
+        weights = self._step_weights(projected.dtype) if weights is None else weights
+        if self.input_feeding:
             with tf.name_scope("input_feed"):
-                projected += tf.matmul(state["feed"], feed_kernel)
+                projected += precision.matmul(state["feed"], weights["feed"])
         new_rnn_state, x = [], None  # x: the previous layer's output
         for i, (rnn, layer_state) in enumerate(zip(self.rnns, state["rnn"])):
             if i > 0:
-                projected = recurrent.project_inputs(rnn.cell, x)
-            x, cell_state = recurrent.cell_step(rnn.cell, projected, list(layer_state), self.norms[i])
+                projected = recurrent.project_inputs(rnn.cell, x, weights["input"][i])
+            x, cell_state = recurrent.cell_step(rnn.cell, projected, list(layer_state), self.norms[i],
+                                                weights["recurrent"][i])
             new_rnn_state.append(cell_state)
             x = self._rnn_dropout(i, x, training)
-        attentional, weights = self._attend(x, memory, training)
-        return attentional, {"rnn": new_rnn_state, "feed": attentional}, weights
+        attentional, attention = self._attend(x, memory, training, weights)
+        return attentional, {"rnn": new_rnn_state, "feed": attentional}, attention
 
     def call(self, target_in, state, memory, training=False):
         """Teacher-forced decoding of a whole target sequence.
@@ -182,8 +204,9 @@ class Decoder(keras.layers.Layer):
         x = None  # the previous layer's output
         for i, (rnn, layer_state) in enumerate(zip(self.rnns, state["rnn"])):
             if i > 0:
-                projected = recurrent.project_inputs(rnn.cell, x)
-            x, _ = recurrent.run(rnn.cell, projected, initial_states=list(layer_state), norms=self.norms[i])
+                projected = recurrent.project_inputs(rnn.cell, x, bfloat16=self.bfloat16)
+            x, _ = recurrent.run(rnn.cell, projected, initial_states=list(layer_state), norms=self.norms[i],
+                                 bfloat16=self.bfloat16)
             x = self._rnn_dropout(i, x, training)
         return self._attend(x, memory, training)
 
@@ -194,12 +217,12 @@ class Decoder(keras.layers.Layer):
         # dense gradient of that whole tensor at every step, summed over the steps.
         steps = tf.shape(projected)[1]
         inputs = tf.TensorArray(projected.dtype, size=steps).unstack(tf.transpose(projected, [1, 0, 2]))
-        feed_kernel = self._feed_kernel(projected.dtype)
+        step_weights = self._step_weights(projected.dtype)
         outputs = tf.TensorArray(self.compute_dtype, size=steps)
         weights = tf.TensorArray(self.compute_dtype, size=steps)
 
         def body(t, state, outputs, weights):
-            attentional, state, w = self._step_projected(inputs.read(t), state, memory, training, feed_kernel)
+            attentional, state, w = self._step_projected(inputs.read(t), state, memory, training, step_weights)
             return t + 1, state, outputs.write(t, attentional), weights.write(t, w)
 
         _, _, outputs, weights = tf.while_loop(
@@ -213,7 +236,7 @@ class Decoder(keras.layers.Layer):
                 "dropout": self.dropout, "tie_embeddings": self.tie_embeddings,
                 "dropout_placement": self.dropout_placement, "embedding_stddev": self.embedding_stddev,
                 "output_bfloat16": self.output_bfloat16, "word_dropout": self.word_dropout.rate,
-                "layer_norm": self.layer_norm,
+                "layer_norm": self.layer_norm, "recurrent_bfloat16": self.recurrent_bfloat16,
                 "output_pieces": None if self.output_pieces is None else list(self.output_pieces)}
 
 
@@ -247,12 +270,12 @@ class Seq2Seq(keras.Model):
         self.bidirectional, self.bridge_from = o["bidirectional"], o["bridge"]
         self.encoder = Encoder(source_vocab_size, o["embedding_dim"], o["units"], o["encoder_layers"], o["cell"],
                                o["bidirectional"], o["dropout"], o["dropout_placement"], o["embedding_stddev"],
-                               o["word_dropout"], o["layer_norm"], name="encoder")
+                               o["word_dropout"], o["layer_norm"], o["recurrent_bfloat16"], name="encoder")
         self.decoder = Decoder(target_vocab_size, o["embedding_dim"], o["units"], o["decoder_layers"], o["cell"],
                                o["attention_units"] or o["units"], o["input_feeding"], o["dropout"],
                                o["tie_embeddings"], o["dropout_placement"], o["embedding_stddev"],
                                o["output_bfloat16"], o["word_dropout"], o["layer_norm"], output_pieces,
-                               name="decoder")
+                               o["recurrent_bfloat16"], name="decoder")
         # Bridge: each decoder layer's initial h = tanh(W · s), s the mean of the encoder outputs
         # (Nematus) or its last states, forward and backward (JoeyNMT).
         self.bridge = keras.layers.Dense(o["units"] * o["decoder_layers"], activation="tanh", name="bridge")

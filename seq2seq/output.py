@@ -1,48 +1,16 @@
 """The output layer: attentional vectors [..., units] -> logits [..., output size].
 
-With ``bfloat16`` (``model.output_bfloat16``) the layer's matmul, most of the arithmetic of a
-training step and of a search step, runs in bfloat16 on the float32 weights, and the bias is
-added to its float32 result. A separate bias add keeps oneDNN on its plain bfloat16 matmul: its
-fused bfloat16 matmul-with-bias kernel runs far slower than the float32 one on CPUs with AMX.
-``auto`` chooses bfloat16 where the CPU computes it natively (AVX512_BF16 or AMX), float32
-elsewhere, where bfloat16 would be emulated.
+With ``bfloat16`` (``model.output_bfloat16``, seq2seq/precision.py) the layer's matmul, most of
+the arithmetic of a training step and of a search step, runs in bfloat16 on the float32
+weights, and the bias is added to its float32 result. A separate bias add keeps oneDNN on its
+plain bfloat16 matmul: its fused bfloat16 matmul-with-bias kernel runs far slower than the
+float32 one on CPUs with AMX.
 """
 
 import keras
 import tensorflow as tf
 
-BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
-    """Whether the CPU's flags (Linux's ``cpuinfo``) include AVX512_BF16 or AMX-BF16; False where
-    the file cannot be read."""
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return any(flag in flags for flag in BFLOAT16_FLAGS)
-
-
-def resolve_bfloat16(setting):
-    """``model.output_bfloat16`` (True, False or "auto") -> whether the output layer computes in bfloat16."""
-    return cpu_has_bfloat16() if setting == "auto" else bool(setting)
-
-
-def _matmul(x, kernel, bfloat16, transpose_b=False):
-    """``x`` [..., k] times ``kernel`` [k, n] ([n, k] with ``transpose_b``) -> [..., n], in
-    bfloat16 with a float32 result if ``bfloat16``, else in x's dtype."""
-    dtype = x.dtype
-    if bfloat16:
-        x, kernel = tf.cast(x, tf.bfloat16), tf.cast(kernel, tf.bfloat16)
-    else:
-        kernel = tf.cast(kernel, dtype)
-    flat = x if x.shape.rank == 2 else tf.reshape(x, [-1, x.shape[-1]])
-    y = tf.matmul(flat, kernel, transpose_b=transpose_b)
-    if x.shape.rank != 2:
-        y = tf.reshape(y, tf.concat([tf.shape(x)[:-1], tf.shape(y)[-1:]], 0))
-    return tf.cast(y, tf.float32) if bfloat16 else y
+from seq2seq.precision import matmul
 
 
 class OutputProjection(keras.layers.Dense):
@@ -56,7 +24,7 @@ class OutputProjection(keras.layers.Dense):
     def call(self, x):
         if not self.bfloat16:
             return super().call(x)
-        logits = _matmul(x, self.kernel, True) + tf.cast(self.bias, tf.float32)
+        logits = matmul(x, self.kernel, True) + tf.cast(self.bias, tf.float32)
         return tf.cast(logits, self.compute_dtype)
 
     def get_config(self):
@@ -97,5 +65,5 @@ class TiedOutput(keras.layers.Layer):
         if self.pieces is not None:
             embeddings = tf.gather(embeddings, self.pieces)
         scaled = embeddings * (self.embedding.output_dim ** -0.5)
-        logits = _matmul(x, scaled, self.bfloat16, transpose_b=True)
+        logits = matmul(x, scaled, self.bfloat16, transpose_b=True)
         return tf.cast(logits + tf.cast(self.bias, logits.dtype), self.compute_dtype)

@@ -24,6 +24,8 @@ before the time loop where the whole input is known.
 
 import tensorflow as tf
 
+from seq2seq import precision
+
 _KINDS = {"GRUCell": "gru", "LSTMCell": "lstm", "SimpleRNNCell": "rnn"}
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # blocks of ``units`` in a projection
 EPSILON = 1e-5
@@ -55,20 +57,24 @@ def recurrent_bias(cell):
     return cell.bias[1] if cell_kind(cell) == "gru" else None
 
 
-def project_inputs(cell, inputs, kernel=None):
+def project_inputs(cell, inputs, kernel=None, bfloat16=False):
     """The input projection of any number of steps at once.
 
     Args:
       cell: a Keras GRU, LSTM or SimpleRNN cell.
       inputs: float [..., input_dim].
       kernel: the rows of ``cell.kernel`` that ``inputs`` meets (default all): float
-        [input_dim, gates * units].
+        [input_dim, gates * units]; a bfloat16 kernel (``precision.kernel``) is a bfloat16 matmul.
+      bfloat16: the matmul in bfloat16 (seq2seq/precision.py).
     Returns:
-      float [..., gates * units]: ``inputs @ kernel + bias`` (the input bias).
+      float [..., gates * units]: ``inputs @ kernel + bias`` (the input bias), in inputs' dtype.
     """
     kernel = cell.kernel if kernel is None else kernel
+    bias = tf.cast(input_bias(cell), inputs.dtype)
+    if bfloat16 or kernel.dtype == tf.bfloat16:
+        return precision.matmul(inputs, precision.kernel(kernel, True)) + bias
     kernel = tf.cast(kernel, inputs.dtype)
-    return tf.tensordot(inputs, kernel, 1) + tf.cast(input_bias(cell), inputs.dtype)
+    return tf.tensordot(inputs, kernel, 1) + bias
 
 
 def layer_norm(x, scale, shift, gates):
@@ -104,7 +110,8 @@ def step(kind, projected, states, kernel, bias=None, norm=None):
       kind: 'gru', 'lstm' or 'rnn'.
       projected: float [..., batch, gates * units], from ``project_inputs``.
       states: list of float [..., batch, units]: [h], or [h, c] for LSTM.
-      kernel: the recurrent kernel, float [..., units, gates * units] (leading axes as the states').
+      kernel: the recurrent kernel, float [..., units, gates * units] (leading axes as the states');
+        in bfloat16 (``precision.kernel``) for a bfloat16 matmul with a result in the states' dtype.
       bias: the GRU's recurrent bias, float [..., 1, 3 * units] or [3 * units]; else None.
       norm: None, or the recurrent projection's layer normalization ``(scale, shift)``, each float
         [..., 1, gates * units] or [gates * units].
@@ -114,7 +121,7 @@ def step(kind, projected, states, kernel, bias=None, norm=None):
     """
     with tf.name_scope("recurrent_step"):  # the name profiles group by (seq2seq/profiling.py)
         h = states[0]
-        inner = tf.matmul(h, kernel)
+        inner = tf.cast(tf.matmul(tf.cast(h, kernel.dtype), kernel), h.dtype)
         if norm is not None:
             inner = layer_norm(inner, *norm, GATES[kind])
         if kind == "gru":
@@ -134,13 +141,16 @@ def step(kind, projected, states, kernel, bias=None, norm=None):
         return h, [h]
 
 
-def cell_step(cell, projected, states, norm=None):
+def cell_step(cell, projected, states, norm=None, kernel=None):
     """``step`` with one cell's own recurrent weights: projected [batch, gates * units], the
-    input projection (``project_inputs``); ``norm``: the cell's ``GateNorm``, or None."""
+    input projection (``project_inputs``); ``norm``: the cell's ``GateNorm``, or None;
+    ``kernel``: the cell's recurrent kernel as ``precision.kernel`` made it before a time loop
+    (default: the kernel in projected's dtype)."""
     kind = cell_kind(cell)
     dtype = projected.dtype
     bias = recurrent_bias(cell)
-    return step(kind, normalize_inputs(norm, projected), states, tf.cast(cell.recurrent_kernel, dtype),
+    kernel = tf.cast(cell.recurrent_kernel, dtype) if kernel is None else kernel
+    return step(kind, normalize_inputs(norm, projected), states, kernel,
                 None if bias is None else tf.cast(bias, dtype),
                 None if norm is None else (norm.recurrent_scale, norm.recurrent_shift))
 
@@ -149,7 +159,7 @@ def _time_major(x):
     return tf.transpose(x, [1, 0] + list(range(2, x.shape.rank)))
 
 
-def run(cells, projected, mask=None, initial_states=None, norms=None):
+def run(cells, projected, mask=None, initial_states=None, norms=None, bfloat16=False):
     """Runs one or two directions of a recurrent layer over a whole sequence.
 
     Args:
@@ -160,6 +170,7 @@ def run(cells, projected, mask=None, initial_states=None, norms=None):
       initial_states: one cell's initial states, a list of float [batch, units] ([h], or [h, c]
         for LSTM); default zeros (always zeros for two cells).
       norms: None, or each cell's ``GateNorm`` (as ``cells``: one, or two).
+      bfloat16: the recurrent matmuls in bfloat16 (seq2seq/precision.py).
     Returns:
       outputs: float [batch, time, units], or [batch, time, 2 * units] for two cells (forward,
         then backward outputs, each at its own time step); undefined at padding.
@@ -179,7 +190,8 @@ def run(cells, projected, mask=None, initial_states=None, norms=None):
         mask = tf.ones(tf.shape(projected[0])[:2], tf.bool)
     masks = [_time_major(mask)] + ([tf.reverse(_time_major(mask), [0])] if two else [])
     masks = tf.stack(masks, 1)[..., None]
-    kernel = tf.stack([tf.cast(c.recurrent_kernel, dtype) for c in cells])  # [directions, units, gates * units]
+    # [directions, units, gates * units]
+    kernel = tf.stack([precision.kernel(c.recurrent_kernel, bfloat16, dtype) for c in cells])
     bias = None
     if kind == "gru":
         bias = tf.stack([tf.cast(recurrent_bias(c), dtype) for c in cells])[:, None, :]

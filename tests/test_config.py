@@ -63,16 +63,18 @@ def test_unknown_set_key_is_rejected():
     ({"training": {"warmup_steps": -1}}, "training.warmup_steps"),
     ({"training": {"bfloat16": True, "mixed_precision": True}}, "training.bfloat16"),
     ({"model": {"output_bfloat16": "sometimes"}}, "model.output_bfloat16"),
+    ({"model": {"recurrent_bfloat16": 1}}, "model.recurrent_bfloat16"),
 ])
 def test_wrong_types_and_impossible_values_name_the_key(values, path):
     with pytest.raises(ConfigError, match=path.replace(".", r"\.")):
         config_from_dict(values)
 
 
+@pytest.mark.parametrize("key", ["output_bfloat16", "recurrent_bfloat16"])
 @pytest.mark.parametrize("value", [True, False, "auto"])
-def test_output_bfloat16_is_true_false_or_auto(value):
-    assert config_from_dict({"model": {"output_bfloat16": value}}).model.output_bfloat16 == value
-    assert config_from_dict({}, [f"model.output_bfloat16={str(value).lower()}"]).model.output_bfloat16 == value
+def test_bfloat16_keys_are_true_false_or_auto(key, value):
+    assert getattr(config_from_dict({"model": {key: value}}).model, key) == value
+    assert getattr(config_from_dict({}, [f"model.{key}={str(value).lower()}"]).model, key) == value
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -261,7 +261,7 @@ def test_bfloat16_output_layer_keeps_float32_weights_and_logits(tie_embeddings):
 
 
 def test_bfloat16_auto_follows_the_cpu_flags(tmp_path):
-    from seq2seq.output import cpu_has_bfloat16, resolve_bfloat16
+    from seq2seq.precision import cpu_has_bfloat16, resolve_bfloat16
 
     flags = "processor\t: 0\nflags\t\t: fpu sse avx512f {}\n"
     for extra, expected in (("", False), ("avx512_bf16", True), ("amx_bf16 amx_tile", True)):
@@ -270,5 +270,42 @@ def test_bfloat16_auto_follows_the_cpu_flags(tmp_path):
     assert cpu_has_bfloat16(str(tmp_path / "missing")) is False
     assert resolve_bfloat16(True) is True and resolve_bfloat16(False) is False
     assert resolve_bfloat16("auto") is cpu_has_bfloat16()
-    model = _model(layers=1, output_bfloat16="auto")
+    model = _model(layers=1, output_bfloat16="auto", recurrent_bfloat16="auto")
     assert model.decoder.output_projection.bfloat16 is cpu_has_bfloat16()
+    assert model.encoder.bfloat16 is model.decoder.bfloat16 is model.decoder.attention.bfloat16 is cpu_has_bfloat16()
+    assert model.get_config()["recurrent_bfloat16"] == "auto"
+
+
+def _loss_and_gradients(model):
+    with tf.GradientTape() as tape:
+        logits = model((SOURCE, TARGET_IN), training=False)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(TARGET_IN[:, 1:], logits[:, :-1]))
+    gradients = tape.gradient(loss, model.trainable_weights)
+    return logits, [tf.convert_to_tensor(g) for g in gradients]
+
+
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_bfloat16_recurrent_matmuls_keep_float32_weights_states_and_gradients(input_feeding):
+    # Two layers each side: the bidirectional encoder, the decoder's second layer's input kernel.
+    model = _model(input_feeding=input_feeding, recurrent_bfloat16=True)
+    reference = _model(input_feeding=input_feeding)
+    reference.set_weights(model.get_weights())
+    assert model.encoder.bfloat16 and model.decoder.bfloat16 and model.decoder.attention.bfloat16
+    assert not model.decoder.output_projection.bfloat16  # the output layer has its own key
+    assert all(w.dtype == "float32" for w in model.weights)
+    (logits, gradients), (expected, expected_gradients) = _loss_and_gradients(model), _loss_and_gradients(reference)
+    assert logits.dtype == tf.float32
+    # Operands and products rounded to bfloat16 (8 bits of mantissa) through two recurrent layers
+    # a side: within a few percent of float32, and not equal to it.
+    np.testing.assert_allclose(logits, expected, atol=0.03 * float(np.abs(expected).max()))
+    assert not np.allclose(logits, expected, rtol=0, atol=1e-5)
+    for weight, gradient, want in zip(model.trainable_weights, gradients, expected_gradients):
+        assert gradient.dtype == tf.float32, weight.path
+        cosine = tf.reduce_sum(gradient * want) / (tf.norm(gradient) * tf.norm(want) + 1e-30)
+        assert float(cosine) > 0.99, weight.path
+    memory, state = model.encode(tf.constant(SOURCE))
+    for t in range(TARGET_IN.shape[1]):  # the step path makes its own bfloat16 kernels
+        step_logits, state, _ = model.decode_step(tf.constant(TARGET_IN[:, t]), state, memory)
+        np.testing.assert_allclose(step_logits, logits[:, t], atol=0.02 * float(np.abs(logits).max()))
+    assert all(s.dtype == tf.float32 for s in tf.nest.flatten(state))
+    assert Seq2Seq.from_config(model.get_config()).encoder.bfloat16
