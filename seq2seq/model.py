@@ -98,9 +98,9 @@ class Decoder(keras.layers.Layer):
 
     def _attend(self, outputs, memory, training=False, weights=None):
         """outputs: [batch, (tgt_len,) units] -> attentional vectors [batch, (tgt_len,) units], the
-        attention weights [batch, (tgt_len,) src_len]. ``weights``: ``_step_weights``, made once
+        attention weights [batch, (tgt_len,) src_len]. ``weights``: ``step_weights()``, made once
         before a time loop (default: made here)."""
-        weights = self._step_weights(outputs.dtype) if weights is None else weights
+        weights = self.step_weights(outputs.dtype) if weights is None else weights
         context, attention = self.attention(outputs, memory["keys"], memory["values"], memory["mask"],
                                             weights["query"])
         combined = tf.concat([outputs, context], axis=-1)
@@ -110,13 +110,14 @@ class Decoder(keras.layers.Layer):
             return self.combine(combined), attention
         return tf.tanh(precision.matmul(combined, weights["combine"])), attention
 
-    def logits(self, attentional, training=False):
-        """attentional: [..., units] -> logits [..., output size] (``Seq2Seq.output_index``)."""
+    def logits(self, attentional, training=False, kernel=None):
+        """attentional: [..., units] -> logits [..., output size] (``Seq2Seq.output_index``);
+        ``kernel``: the output layer's ``step_kernel()``, made once before a time loop."""
         if self.dropout_placement == "all_outputs":
             attentional = self.output_dropout(attentional, training=training)
-        return self.output_projection(attentional)
+        return self.output_projection(attentional, kernel=kernel)
 
-    def step(self, token, state, memory, training=False):
+    def step(self, token, state, memory, training=False, weights=None):
         """One decoding step.
 
         Args:
@@ -124,12 +125,14 @@ class Decoder(keras.layers.Layer):
           state: the decoder state (see the class docstring).
           memory: dict of ``values`` [batch, src_len, value_dim], ``keys`` [batch, src_len,
             attention_units], ``mask`` bool [batch, src_len].
+          weights: ``step_weights()``, made once before a time loop (default: made here).
         Returns:
           attentional: float [batch, units], the input of ``logits``.
           state: the new decoder state.
           weights: float [batch, src_len], the attention over the source.
         """
-        return self._step_projected(self._project_embedded(self._embed(token, training)), state, memory, training)
+        return self._step_projected(self._project_embedded(self._embed(token, training)), state, memory, training,
+                                    weights)
 
     def _embed(self, tokens, training):
         """int32 [...] -> the embeddings after dropout, float [..., embedding_dim]."""
@@ -141,17 +144,18 @@ class Decoder(keras.layers.Layer):
         cell = self.rnns[0].cell
         return recurrent.project_inputs(cell, embedded, cell.kernel[: self.embedding_dim], self.bfloat16)
 
-    def _step_weights(self, dtype):
+    def step_weights(self, dtype=None):
         """The kernels a decoding step multiplies by, cast once before a time loop (a cast in the
-        loop would convert them at every step). A dict: ``feed``, the rows of the first recurrent
+        loop would convert them at every step); ``dtype``: the step's (default the layer's compute
+        dtype). A dict: ``output``, the output layer's ``step_kernel()``; ``feed``, the rows of the first recurrent
         layer's input kernel that the input feed meets ([units, gates * units], None without
         input feeding), in ``dtype`` or bfloat16; with ``recurrent_bfloat16`` also in bfloat16
         (else None, and the layers read their own weights): ``input`` and ``recurrent``, per
         recurrent layer, its input kernel (None for the first, fed by ``_project_embedded``) and
         recurrent kernel; ``query``, the attention's query projection; ``combine``, the
         attentional layer's kernel."""
-        layers = len(self.rnns)
-        weights = {"feed": None, "input": [None] * layers, "recurrent": [None] * layers, "query": None,
+        layers, dtype = len(self.rnns), dtype or self.compute_dtype
+        weights = {"output": self.output_projection.step_kernel(), "feed": None, "input": [None] * layers, "recurrent": [None] * layers, "query": None,
                    "combine": None}
         if self.input_feeding:
             weights["feed"] = precision.kernel(self.rnns[0].cell.kernel[self.embedding_dim:], self.bfloat16, dtype)
@@ -164,8 +168,8 @@ class Decoder(keras.layers.Layer):
 
     def _step_projected(self, projected, state, memory, training, weights=None):
         """``step`` from the embedded token's projection [batch, gates * units] (``_project_embedded``).
-        ``weights``: ``_step_weights``, made once before a time loop (default: made here)."""
-        weights = self._step_weights(projected.dtype) if weights is None else weights
+        ``weights``: ``step_weights()``, made once before a time loop (default: made here)."""
+        weights = self.step_weights(projected.dtype) if weights is None else weights
         if self.input_feeding:
             with tf.name_scope("input_feed"):
                 projected += precision.matmul(state["feed"], weights["feed"])
@@ -217,7 +221,7 @@ class Decoder(keras.layers.Layer):
         # dense gradient of that whole tensor at every step, summed over the steps.
         steps = tf.shape(projected)[1]
         inputs = tf.TensorArray(projected.dtype, size=steps).unstack(tf.transpose(projected, [1, 0, 2]))
-        step_weights = self._step_weights(projected.dtype)
+        step_weights = self.step_weights(projected.dtype)
         outputs = tf.TensorArray(self.compute_dtype, size=steps)
         weights = tf.TensorArray(self.compute_dtype, size=steps)
 
@@ -342,12 +346,19 @@ class Seq2Seq(keras.Model):
         """Output indices int32 [...] -> the target ids they score [...]."""
         return indices if self._pieces is None else tf.gather(self._pieces, indices)
 
-    def decode_step(self, token, state, memory):
+    def step_weights(self):
+        """The weights ``decode_step`` multiplies by, made once before a search's time loop
+        (``Decoder.step_weights``)."""
+        return self.decoder.step_weights()
+
+    def decode_step(self, token, state, memory, weights=None):
         """One inference step: token int32 [batch] (a target id) -> float32 logits [batch, output
         size] of the next token (search normalizes only the ones it keeps; ``target_ids`` maps
-        their indices to ids), new state, attention weights [batch, src_len]."""
-        attentional, state, weights = self.decoder.step(token, state, memory)
-        return self.output_logits(attentional), state, weights
+        their indices to ids), new state, attention weights [batch, src_len]. ``weights``:
+        ``step_weights()`` (default: made here)."""
+        weights = self.step_weights() if weights is None else weights
+        attentional, state, attention = self.decoder.step(token, state, memory, weights=weights)
+        return self.output_logits(attentional, kernel=weights["output"]), state, attention
 
     def attentional(self, inputs, training=False):
         """Teacher-forced decoding up to the output layer.
@@ -361,9 +372,10 @@ class Seq2Seq(keras.Model):
         memory, state = self.encode(source, training=training)
         return self.decoder(target_in, state, memory, training=training)[0]
 
-    def output_logits(self, attentional, training=False):
-        """attentional: [..., units] -> float32 logits [..., output size]."""
-        return tf.cast(self.decoder.logits(attentional, training=training), tf.float32)
+    def output_logits(self, attentional, training=False, kernel=None):
+        """attentional: [..., units] -> float32 logits [..., output size]; ``kernel``: the output
+        layer's ``step_kernel()``, made once before a time loop."""
+        return tf.cast(self.decoder.logits(attentional, training=training, kernel=kernel), tf.float32)
 
     def call(self, inputs, training=False):
         """Teacher-forced logits: ``inputs`` as in ``attentional`` -> float32 logits [batch,

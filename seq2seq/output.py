@@ -10,6 +10,7 @@ float32 one on CPUs with AMX.
 import keras
 import tensorflow as tf
 
+from seq2seq import precision
 from seq2seq.precision import matmul
 
 
@@ -21,10 +22,17 @@ class OutputProjection(keras.layers.Dense):
         super().__init__(units, **kwargs)
         self.bfloat16 = bfloat16
 
-    def call(self, x):
+    def step_kernel(self):
+        """The kernel as ``call`` multiplies by it, to make once before a time loop: bfloat16 with
+        ``bfloat16``, else None (Dense's own)."""
+        return precision.kernel(self.kernel, True) if self.bfloat16 else None
+
+    def call(self, x, kernel=None):
+        """x [..., units] -> logits [..., output size]; ``kernel``: ``step_kernel()`` (default: made here)."""
         if not self.bfloat16:
             return super().call(x)
-        logits = matmul(x, self.kernel, True) + tf.cast(self.bias, tf.float32)
+        kernel = self.step_kernel() if kernel is None else kernel
+        logits = matmul(x, kernel, True) + tf.cast(self.bias, tf.float32)
         return tf.cast(logits, self.compute_dtype)
 
     def get_config(self):
@@ -58,12 +66,19 @@ class TiedOutput(keras.layers.Layer):
         self.bias = self.add_weight(name="bias", shape=(self.size,), initializer="zeros")
         self.built = True
 
-    def call(self, x):
-        if self.projection is not None:
-            x = self.projection(x)
+    def step_kernel(self):
+        """The scored embeddings, scaled, [output size, embedding_dim] (bfloat16 with ``bfloat16``),
+        to make once before a time loop."""
         embeddings = self.embedding.embeddings
         if self.pieces is not None:
             embeddings = tf.gather(embeddings, self.pieces)
         scaled = embeddings * (self.embedding.output_dim ** -0.5)
-        logits = matmul(x, scaled, self.bfloat16, transpose_b=True)
+        return precision.kernel(scaled, True) if self.bfloat16 else scaled
+
+    def call(self, x, kernel=None):
+        """x [..., units] -> logits [..., output size]; ``kernel``: ``step_kernel()`` (default: made here)."""
+        if self.projection is not None:
+            x = self.projection(x)
+        kernel = self.step_kernel() if kernel is None else kernel
+        logits = matmul(x, kernel, self.bfloat16, transpose_b=True)
         return tf.cast(logits + tf.cast(self.bias, logits.dtype), self.compute_dtype)

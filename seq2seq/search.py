@@ -119,9 +119,10 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
     """Batched beam search (see the module docstring).
 
     Args:
-      model: a ``Seq2Seq`` or an ``Ensemble`` (anything with ``encode``, ``decode_step``, whose first output are the
-        next token's logits or log-probabilities over the output vocabulary, [rows, output size], the size
-        static, and ``target_ids``, which maps output indices to target ids).
+      model: a ``Seq2Seq`` or an ``Ensemble`` (anything with ``encode``, ``step_weights`` (what ``decode_step``
+        takes last, made once before the time loop), ``decode_step``, whose first output are the next token's
+        logits or log-probabilities over the output vocabulary, [rows, output size], the size static, and
+        ``target_ids``, which maps output indices to target ids).
       source: int32 [batch, src_len], each row ``pieces + [EOS]`` padded with PAD_ID.
       beam_size: python int K ≥ 1.
       alpha: the length penalty α.
@@ -145,6 +146,7 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
     limits = length_limits(source, max_length_ratio, min_length)  # [batch]
     max_steps = tf.reduce_max(limits)
     memory, state = model.encode(source)
+    step_weights = model.step_weights()  # cast once, outside the time loop
     kept_src_len = src_len if keep_attention else 0
     finished = {
         "tokens": tf.zeros([batch, k, max_steps], tf.int32),
@@ -178,7 +180,7 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
 
     def body(t, live, rows, finished):
         n = tf.shape(live["index"])[0]
-        logits, state, weights = model.decode_step(rows["last_token"], rows["state"], rows["memory"])
+        logits, state, weights = model.decode_step(rows["last_token"], rows["state"], rows["memory"], step_weights)
         weights = tf.reshape(tf.cast(weights, tf.float32), [n, k, src_len])
         # The sentence's k best extensions are among its hypotheses' own k best tokens: select
         # those first, then the k best of the k × k (closed slots have NEG_INF, never chosen).

@@ -320,7 +320,10 @@ def test_top_k_sampling_never_leaves_the_top_k():
         def encode(self, source):
             return {"mask": tf.not_equal(source, 0)}, {"unused": tf.zeros([tf.shape(source)[0]])}
 
-        def decode_step(self, token, state, memory):
+        def step_weights(self):
+            return {}
+
+        def decode_step(self, token, state, memory, step_weights):
             weights = tf.cast(memory["mask"], tf.float32)
             logits = tf.tile(self.logits[None], [tf.shape(token)[0], 1])
             return logits, state, weights / tf.reduce_sum(weights, -1, keepdims=True)

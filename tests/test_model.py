@@ -304,8 +304,13 @@ def test_bfloat16_recurrent_matmuls_keep_float32_weights_states_and_gradients(in
         cosine = tf.reduce_sum(gradient * want) / (tf.norm(gradient) * tf.norm(want) + 1e-30)
         assert float(cosine) > 0.99, weight.path
     memory, state = model.encode(tf.constant(SOURCE))
-    for t in range(TARGET_IN.shape[1]):  # the step path makes its own bfloat16 kernels
-        step_logits, state, _ = model.decode_step(tf.constant(TARGET_IN[:, t]), state, memory)
+    prepared = model.step_weights()  # as search makes them, once before its time loop
+    assert prepared["recurrent"][1].dtype == prepared["combine"].dtype == tf.bfloat16
+    for t in range(TARGET_IN.shape[1]):
+        token = tf.constant(TARGET_IN[:, t])
+        step_logits, next_state, _ = model.decode_step(token, state, memory, prepared)
+        np.testing.assert_array_equal(step_logits, model.decode_step(token, state, memory)[0])
         np.testing.assert_allclose(step_logits, logits[:, t], atol=0.02 * float(np.abs(logits).max()))
+        state = next_state
     assert all(s.dtype == tf.float32 for s in tf.nest.flatten(state))
     assert Seq2Seq.from_config(model.get_config()).encoder.bfloat16

@@ -21,7 +21,10 @@ class ScriptedModel:
         return ({"script": self.script[:batch], "mask": tf.not_equal(source, PAD_ID)},
                 {"t": tf.zeros([batch], tf.int32)})
 
-    def decode_step(self, token, state, memory):
+    def step_weights(self):
+        return {}
+
+    def decode_step(self, token, state, memory, weights=None):
         t = state["t"]
         wanted = tf.gather(memory["script"], tf.minimum(t, self.script.shape[1] - 1), batch_dims=1)
         probs = tf.one_hot(wanted, self.vocab, on_value=self.p, off_value=(1 - self.p) / (self.vocab - 1))
@@ -102,7 +105,10 @@ def test_beam_finds_a_better_hypothesis_than_greedy():
             batch = tf.shape(source)[0]
             return {"mask": tf.not_equal(source, PAD_ID)}, {"prev": tf.fill([batch], BOS_ID)}
 
-        def decode_step(self, token, state, memory):
+        def step_weights(self):
+            return {}
+
+        def decode_step(self, token, state, memory, weights=None):
             vocab = 10
             first = tf.math.log(tf.constant([1e-6] * 4 + [0.6, 0.4 - 6e-6] + [1e-6] * 4))
             after_4 = tf.fill([vocab], tf.math.log(0.1))
@@ -139,7 +145,7 @@ def test_a_sentence_that_is_done_leaves_the_loop():
             super().__init__(script)
             self.rows = tf.Variable(0)
 
-        def decode_step(self, token, state, memory):
+        def decode_step(self, token, state, memory, weights=None):
             self.rows.assign_add(tf.shape(token)[0])
             return super().decode_step(token, state, memory)
 
