@@ -4,8 +4,8 @@ import keras
 import tensorflow as tf
 
 from seq2seq import recurrent
-from seq2seq.precision import resolve_bfloat16
 from seq2seq.layers import RNN_LAYERS, GateNorm, WordDropout, drops_after, embedding, track
+from seq2seq.precision import resolve_bfloat16
 from seq2seq.tokenizer import PAD_ID
 
 

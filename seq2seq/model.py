@@ -100,7 +100,7 @@ class Decoder(keras.layers.Layer):
         """outputs: [batch, (tgt_len,) units] -> attentional vectors [batch, (tgt_len,) units], the
         attention weights [batch, (tgt_len,) src_len]. ``weights``: ``step_weights()``, made once
         before a time loop (default: made here)."""
-        weights = self.step_weights(outputs.dtype) if weights is None else weights
+        weights = self._attention_weights() if weights is None else weights
         context, attention = self.attention(outputs, memory["keys"], memory["values"], memory["mask"],
                                             weights["query"])
         combined = tf.concat([outputs, context], axis=-1)
@@ -144,26 +144,32 @@ class Decoder(keras.layers.Layer):
         cell = self.rnns[0].cell
         return recurrent.project_inputs(cell, embedded, cell.kernel[: self.embedding_dim], self.bfloat16)
 
+    def _attention_weights(self):
+        """``query`` and ``combine`` of ``step_weights``."""
+        if not self.bfloat16:
+            return {"query": None, "combine": None}
+        return {"query": self.attention.query_kernel(), "combine": precision.kernel(self.combine.kernel, True)}
+
     def step_weights(self, dtype=None):
         """The kernels a decoding step multiplies by, cast once before a time loop (a cast in the
-        loop would convert them at every step); ``dtype``: the step's (default the layer's compute
-        dtype). A dict: ``output``, the output layer's ``step_kernel()``; ``feed``, the rows of the first recurrent
-        layer's input kernel that the input feed meets ([units, gates * units], None without
-        input feeding), in ``dtype`` or bfloat16; with ``recurrent_bfloat16`` also in bfloat16
-        (else None, and the layers read their own weights): ``input`` and ``recurrent``, per
-        recurrent layer, its input kernel (None for the first, fed by ``_project_embedded``) and
-        recurrent kernel; ``query``, the attention's query projection; ``combine``, the
-        attentional layer's kernel."""
+        loop would convert the whole matrix at every step); ``dtype``: the step's (default: the
+        layer's compute dtype). A dict of
+          output: the output layer's ``step_kernel()``;
+          feed: the rows of the first recurrent layer's input kernel that the input feed meets,
+            [units, gates * units], in ``dtype`` or bfloat16 (None without input feeding);
+        and, in bfloat16 with ``recurrent_bfloat16``, else None (the layers then read their own):
+          input, recurrent: lists, each recurrent layer's input kernel (None for the first, which
+            ``_project_embedded`` feeds) and recurrent kernel;
+          query: the attention's query projection; combine: the attentional layer's kernel.
+        """
         layers, dtype = len(self.rnns), dtype or self.compute_dtype
-        weights = {"output": self.output_projection.step_kernel(), "feed": None, "input": [None] * layers, "recurrent": [None] * layers, "query": None,
-                   "combine": None}
+        weights = {"output": self.output_projection.step_kernel(), "feed": None, "input": [None] * layers,
+                   "recurrent": [None] * layers, **self._attention_weights()}
         if self.input_feeding:
             weights["feed"] = precision.kernel(self.rnns[0].cell.kernel[self.embedding_dim:], self.bfloat16, dtype)
         if self.bfloat16:
             weights["input"] = [None] + [precision.kernel(rnn.cell.kernel, True) for rnn in self.rnns[1:]]
             weights["recurrent"] = [precision.kernel(rnn.cell.recurrent_kernel, True) for rnn in self.rnns]
-            weights["query"] = self.attention.query_kernel()
-            weights["combine"] = precision.kernel(self.combine.kernel, True)
         return weights
 
     def _step_projected(self, projected, state, memory, training, weights=None):

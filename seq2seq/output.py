@@ -11,7 +11,6 @@ import keras
 import tensorflow as tf
 
 from seq2seq import precision
-from seq2seq.precision import matmul
 
 
 class OutputProjection(keras.layers.Dense):
@@ -32,7 +31,7 @@ class OutputProjection(keras.layers.Dense):
         if not self.bfloat16:
             return super().call(x)
         kernel = self.step_kernel() if kernel is None else kernel
-        logits = matmul(x, kernel, True) + tf.cast(self.bias, tf.float32)
+        logits = precision.matmul(x, kernel, True) + tf.cast(self.bias, tf.float32)
         return tf.cast(logits, self.compute_dtype)
 
     def get_config(self):
@@ -80,5 +79,5 @@ class TiedOutput(keras.layers.Layer):
         if self.projection is not None:
             x = self.projection(x)
         kernel = self.step_kernel() if kernel is None else kernel
-        logits = matmul(x, kernel, self.bfloat16, transpose_b=True)
+        logits = precision.matmul(x, kernel, self.bfloat16, transpose_b=True)
         return tf.cast(logits + tf.cast(self.bias, logits.dtype), self.compute_dtype)

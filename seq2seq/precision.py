@@ -2,10 +2,11 @@
 
 ``model.output_bfloat16`` (the output layer) and ``model.recurrent_bfloat16`` (the encoder's
 and the decoder's products: input projections, recurrent steps, input feed, attention
-projections, attentional layer) round a product's two operands to bfloat16 and return its
-float32 result: weights, states, gates, sums, softmax and loss stay float32. ``auto`` chooses
-bfloat16 where the CPU has AVX512_BF16 or AMX-BF16 (oneDNN then runs bfloat16 kernels), float32
-elsewhere, where bfloat16 would be emulated.
+projections, attentional layer) round a product's two operands to bfloat16 (oneDNN sums the
+products in float32 and rounds the result to bfloat16) and go on in float32: weights, states,
+gates, softmax and loss stay float32. The products' gradients are bfloat16 products too.
+``auto`` chooses bfloat16 where the CPU has AVX512_BF16 or AMX-BF16 (oneDNN then runs bfloat16
+kernels), float32 elsewhere, where bfloat16 would be emulated.
 
 A weight read inside a time loop is cast once before the loop (``kernel``): a cast inside the
 loop would convert the whole matrix at every step.
