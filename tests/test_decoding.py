@@ -323,7 +323,7 @@ def test_top_k_sampling_never_leaves_the_top_k():
         def step_weights(self):
             return {}
 
-        def decode_step(self, token, state, memory, step_weights):
+        def decode_step(self, token, state, memory, weights=None):
             weights = tf.cast(memory["mask"], tf.float32)
             logits = tf.tile(self.logits[None], [tf.shape(token)[0], 1])
             return logits, state, weights / tf.reduce_sum(weights, -1, keepdims=True)
