@@ -10,6 +10,15 @@ def rnn_layer(cell, units, name):
     return RNN_LAYERS[cell](units, return_sequences=True, return_state=True, name=name)
 
 
+def call_with_weights(layer, *args, **weights):
+    """``layer.call(*args, **weights)`` in the layer's name scope, for weights made once before a
+    time loop (``Decoder.step_weights``). Keras's ``__call__`` would cast every floating tensor
+    argument to the layer's compute dtype, a bfloat16 kernel to float32 at every step (and the
+    layer then rounds it back, or multiplies in float32). Only for a built layer."""
+    with tf.name_scope(layer.name):
+        return layer.call(*args, **weights)
+
+
 def embedding(vocab_size, embedding_dim, mask_zero=False, stddev=1.0):
     """An embedding initialized N(0, stddev²). The default N(0, 1): Keras's default (uniform ±0.05)
     feeds the recurrent layers so weak a signal that training stalls near a unigram model for

@@ -21,6 +21,7 @@ input tokens, and projects them for the first recurrent layer, before the loop.
 """
 
 import dataclasses
+import functools
 
 import keras
 import numpy as np
@@ -30,7 +31,7 @@ from seq2seq import precision, recurrent
 from seq2seq.attention import BahdanauAttention
 from seq2seq.config import ModelConfig
 from seq2seq.encoder import Encoder
-from seq2seq.layers import GateNorm, WordDropout, drops_after, embedding, rnn_layer, track
+from seq2seq.layers import GateNorm, WordDropout, call_with_weights, drops_after, embedding, rnn_layer, track
 from seq2seq.output import OutputProjection, TiedOutput
 from seq2seq.precision import resolve_bfloat16
 from seq2seq.tokenizer import UNK_ID
@@ -101,8 +102,9 @@ class Decoder(keras.layers.Layer):
         attention weights [batch, (tgt_len,) src_len]. ``weights``: ``step_weights()``, made once
         before a time loop (default: made here)."""
         weights = self._attention_weights() if weights is None else weights
-        context, attention = self.attention(outputs, memory["keys"], memory["values"], memory["mask"],
-                                            weights["query"])
+        attend = (self.attention if weights["query"] is None else
+                  functools.partial(call_with_weights, self.attention, query_kernel=weights["query"]))
+        context, attention = attend(outputs, memory["keys"], memory["values"], memory["mask"])
         combined = tf.concat([outputs, context], axis=-1)
         if self.dropout_placement == "attention_input":
             combined = self.attention_dropout(combined, training=training)
@@ -115,7 +117,9 @@ class Decoder(keras.layers.Layer):
         ``kernel``: the output layer's ``step_kernel()``, made once before a time loop."""
         if self.dropout_placement == "all_outputs":
             attentional = self.output_dropout(attentional, training=training)
-        return self.output_projection(attentional, kernel=kernel)
+        if kernel is None:
+            return self.output_projection(attentional)
+        return call_with_weights(self.output_projection, attentional, kernel=kernel)
 
     def step(self, token, state, memory, training=False, weights=None):
         """One decoding step.
@@ -131,18 +135,21 @@ class Decoder(keras.layers.Layer):
           state: the new decoder state.
           weights: float [batch, src_len], the attention over the source.
         """
-        return self._step_projected(self._project_embedded(self._embed(token, training)), state, memory, training,
-                                    weights)
+        weights = self.step_weights() if weights is None else weights
+        projected = self._project_embedded(self._embed(token, training), weights["embedded"])
+        return self._step_projected(projected, state, memory, training, weights)
 
     def _embed(self, tokens, training):
         """int32 [...] -> the embeddings after dropout, float [..., embedding_dim]."""
         return self.dropouts[0](self.word_dropout(self.embedding(tokens), training=training), training=training)
 
-    def _project_embedded(self, embedded):
+    def _project_embedded(self, embedded, kernel=None):
         """The embeddings' share of the first recurrent layer's input projection (its bias
-        included): float [..., embedding_dim] -> [..., gates * units]."""
+        included): float [..., embedding_dim] -> [..., gates * units]. ``kernel``: the
+        ``embedded`` of ``step_weights`` (default: made here)."""
         cell = self.rnns[0].cell
-        return recurrent.project_inputs(cell, embedded, cell.kernel[: self.embedding_dim], self.bfloat16)
+        kernel = cell.kernel[: self.embedding_dim] if kernel is None else kernel
+        return recurrent.project_inputs(cell, embedded, kernel, self.bfloat16)
 
     def _attention_weights(self):
         """``query`` and ``combine`` of ``step_weights``."""
@@ -155,6 +162,8 @@ class Decoder(keras.layers.Layer):
         loop would convert the whole matrix at every step); ``dtype``: the step's (default: the
         layer's compute dtype). A dict of
           output: the output layer's ``step_kernel()``;
+          embedded: the rows of the first recurrent layer's input kernel that the embedded token
+            meets, [embedding_dim, gates * units], in ``dtype`` or bfloat16;
           feed: the rows of the first recurrent layer's input kernel that the input feed meets,
             [units, gates * units], in ``dtype`` or bfloat16 (None without input feeding);
         and, in bfloat16 with ``recurrent_bfloat16``, else None (the layers then read their own):
@@ -165,6 +174,7 @@ class Decoder(keras.layers.Layer):
         layers, dtype = len(self.rnns), dtype or self.compute_dtype
         weights = {"output": self.output_projection.step_kernel(), "feed": None, "input": [None] * layers,
                    "recurrent": [None] * layers, **self._attention_weights()}
+        weights["embedded"] = precision.kernel(self.rnns[0].cell.kernel[: self.embedding_dim], self.bfloat16, dtype)
         if self.input_feeding:
             weights["feed"] = precision.kernel(self.rnns[0].cell.kernel[self.embedding_dim:], self.bfloat16, dtype)
         if self.bfloat16:

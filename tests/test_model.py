@@ -314,3 +314,23 @@ def test_bfloat16_recurrent_matmuls_keep_float32_weights_states_and_gradients(in
         state = next_state
     assert all(s.dtype == tf.float32 for s in tf.nest.flatten(state))
     assert Seq2Seq.from_config(model.get_config()).encoder.bfloat16
+
+
+@pytest.mark.parametrize("tie_embeddings", [False, True])
+def test_a_decoding_step_multiplies_by_the_bfloat16_kernels_made_before_the_loop(tie_embeddings):
+    # The kernels that search makes once go straight into matmuls: none is cast back to float32
+    # (Keras's __call__ casts floating arguments to the compute dtype) or sliced at every step.
+    model = _model(recurrent_bfloat16=True, output_bfloat16=True, tie_embeddings=tie_embeddings)
+    memory, state = model.encode(tf.constant(SOURCE))
+    prepared = model.step_weights()
+    kernels = [w for w in tf.nest.flatten(prepared) if w is not None]
+    assert len(kernels) == 8 and all(w.dtype == tf.bfloat16 for w in kernels)
+    token = tf.constant(TARGET_IN[:, 0])
+    step = tf.function(lambda token, state, memory, weights: model.decode_step(token, state, memory, weights)[0])
+    graph = step.get_concrete_function(token, state, memory, prepared).graph
+    arguments = [t for t in graph.inputs if t.dtype == tf.bfloat16]
+    assert len(arguments) == len(kernels)
+    for argument in arguments:
+        readers = {op.type for op in graph.get_operations() if argument.name in [t.name for t in op.inputs]}
+        assert readers and readers <= {"MatMul", "BatchMatMulV2"}, readers
+    np.testing.assert_array_equal(step(token, state, memory, prepared), model.decode_step(token, state, memory)[0])
