@@ -76,19 +76,20 @@ class Ensemble:
         """The tuple of the members' ``step_weights()``, made once before a search's time loop."""
         return tuple(model.step_weights() for model in self.models)
 
-    def decode_step(self, token, state, memory, weights=None):
+    def decode_step(self, token, state, memory, weights=None, beam=1):
         """One step of every member.
 
         Args:
           token: int32 [rows], the previous target token.
           state, memory: tuples of the members' decoder states and memories (from ``encode``).
           weights: ``step_weights()`` (default: made here).
+          beam: as ``Seq2Seq.decode_step``'s (the memories one row per ``beam`` rows).
         Returns:
           log-probabilities float32 [rows, vocab] (the log of the weighted mean probability),
           the tuple of new states, and the weighted mean attention weights float32 [rows, src_len].
         """
         weights = self.step_weights() if weights is None else weights
-        steps = [model.decode_step(token, s, m, w) for model, s, m, w in zip(self.models, state, memory, weights)]
+        steps = [model.decode_step(token, s, m, w, beam) for model, s, m, w in zip(self.models, state, memory, weights)]
         attention = tf.add_n([w * tf.cast(weights, tf.float32) for w, (_, _, weights) in zip(self.weights, steps)])
         return self._mix([logits for logits, _, _ in steps]), tuple(s for _, s, _ in steps), attention
 

@@ -97,14 +97,21 @@ class Decoder(keras.layers.Layer):
             x = self.dropouts[i + 1](x, training=training)
         return x
 
-    def _attend(self, outputs, memory, training=False, weights=None):
+    def _attend(self, outputs, memory, training=False, weights=None, beam=1):
         """outputs: [batch, (tgt_len,) units] -> attentional vectors [batch, (tgt_len,) units], the
         attention weights [batch, (tgt_len,) src_len]. ``weights``: ``step_weights()``, made once
-        before a time loop (default: made here)."""
+        before a time loop (default: made here). ``beam``: one step's rows come in groups of
+        ``beam`` consecutive rows that share one source, the memory holding one row per group."""
         weights = self._attention_weights() if weights is None else weights
         attend = (self.attention if weights["query"] is None else
                   functools.partial(call_with_weights, self.attention, query_kernel=weights["query"]))
-        context, attention = attend(outputs, memory["keys"], memory["values"], memory["mask"])
+        if beam > 1:  # a group's queries attend together: [groups, beam, units]
+            grouped = tf.reshape(outputs, [-1, beam, outputs.shape[-1]])
+            context, attention = attend(grouped, memory["keys"], memory["values"], memory["mask"])
+            context = tf.reshape(context, [-1, context.shape[-1]])
+            attention = tf.reshape(attention, [-1, tf.shape(attention)[-1]])
+        else:
+            context, attention = attend(outputs, memory["keys"], memory["values"], memory["mask"])
         combined = tf.concat([outputs, context], axis=-1)
         if self.dropout_placement == "attention_input":
             combined = self.attention_dropout(combined, training=training)
@@ -121,7 +128,7 @@ class Decoder(keras.layers.Layer):
             return self.output_projection(attentional)
         return call_with_weights(self.output_projection, attentional, kernel=kernel)
 
-    def step(self, token, state, memory, training=False, weights=None):
+    def step(self, token, state, memory, training=False, weights=None, beam=1):
         """One decoding step.
 
         Args:
@@ -130,6 +137,8 @@ class Decoder(keras.layers.Layer):
           memory: dict of ``values`` [batch, src_len, value_dim], ``keys`` [batch, src_len,
             attention_units], ``mask`` bool [batch, src_len].
           weights: ``step_weights()``, made once before a time loop (default: made here).
+          beam: the rows come in groups of ``beam`` consecutive rows (a sentence's hypotheses)
+            that share one source: ``memory`` then holds one row per group, [batch / beam, ...].
         Returns:
           attentional: float [batch, units], the input of ``logits``.
           state: the new decoder state.
@@ -137,7 +146,7 @@ class Decoder(keras.layers.Layer):
         """
         weights = self.step_weights() if weights is None else weights
         projected = self._project_embedded(self._embed(token, training), weights["embedded"])
-        return self._step_projected(projected, state, memory, training, weights)
+        return self._step_projected(projected, state, memory, training, weights, beam)
 
     def _embed(self, tokens, training):
         """int32 [...] -> the embeddings after dropout, float [..., embedding_dim]."""
@@ -182,7 +191,7 @@ class Decoder(keras.layers.Layer):
             weights["recurrent"] = [precision.kernel(rnn.cell.recurrent_kernel, True) for rnn in self.rnns]
         return weights
 
-    def _step_projected(self, projected, state, memory, training, weights=None):
+    def _step_projected(self, projected, state, memory, training, weights=None, beam=1):
         """``step`` from the embedded token's projection [batch, gates * units] (``_project_embedded``).
         ``weights``: ``step_weights()``, made once before a time loop (default: made here)."""
         weights = self.step_weights(projected.dtype) if weights is None else weights
@@ -197,7 +206,7 @@ class Decoder(keras.layers.Layer):
                                                 weights["recurrent"][i])
             new_rnn_state.append(cell_state)
             x = self._rnn_dropout(i, x, training)
-        attentional, attention = self._attend(x, memory, training, weights)
+        attentional, attention = self._attend(x, memory, training, weights, beam)
         return attentional, {"rnn": new_rnn_state, "feed": attentional}, attention
 
     def call(self, target_in, state, memory, training=False):
@@ -367,13 +376,14 @@ class Seq2Seq(keras.Model):
         (``Decoder.step_weights``)."""
         return self.decoder.step_weights()
 
-    def decode_step(self, token, state, memory, weights=None):
+    def decode_step(self, token, state, memory, weights=None, beam=1):
         """One inference step: token int32 [batch] (a target id) -> float32 logits [batch, output
         size] of the next token (search normalizes only the ones it keeps; ``target_ids`` maps
         their indices to ids), new state, attention weights [batch, src_len]. ``weights``:
-        ``step_weights()`` (default: made here)."""
+        ``step_weights()`` (default: made here). ``beam``: the rows are groups of ``beam``
+        hypotheses of one sentence each, and ``memory`` (from ``encode``) has one row per group."""
         weights = self.step_weights() if weights is None else weights
-        attentional, state, attention = self.decoder.step(token, state, memory, weights=weights)
+        attentional, state, attention = self.decoder.step(token, state, memory, weights=weights, beam=beam)
         return self.output_logits(attentional, kernel=weights["output"]), state, attention
 
     def attentional(self, inputs, training=False):

@@ -3,8 +3,9 @@
 The same search serves validation, ``translate.py`` and the exported SavedModel; beam size 1 is
 greedy decoding.
 
-- The source is encoded once per batch (attention keys projected once); the encoder memory and
-  the decoder state are tiled to ``batch × beam`` rows, never re-encoded.
+- The source is encoded once per batch (attention keys projected once), never re-encoded; the
+  decoder state is tiled to ``batch × beam`` rows, the encoder memory stays one row per sentence
+  (a sentence's hypotheses attend over it together: ``decode_step``'s ``beam``).
 - Each step extends every alive hypothesis by every token and keeps the ``beam`` best
   extensions (cumulative log-probability) among those of the sentence's alive hypotheses. An
   extension that ends in EOS is finished: it moves to the sentence's finished list, is never
@@ -30,6 +31,7 @@ greedy decoding.
 
 from collections import namedtuple
 
+import numpy as np
 import tensorflow as tf
 
 from seq2seq.sampling import hash_combine, sample_tokens, seed_key
@@ -86,7 +88,9 @@ def best_tokens(logits, k, block=BLOCK):
     (docs/benchmarks.md has the timings). Here each row is cut into
     blocks of ``block`` logits; the k largest logits lie in the k blocks with the largest maxima
     (every other block's maximum is at most theirs), so only those k × block logits are searched.
-    Only the k chosen logits are normalized (one log-sum-exp a row, shifted by the blocks' maximum).
+    The log-probabilities are those of the k chosen tokens in the row's softmax (one fused op,
+    faster than a log-sum-exp of separate ops), at least log of the smallest normal float32
+    (a probability that underflows).
 
     Args:
       logits: float32 [rows, vocab] (the vocabulary size known statically).
@@ -98,8 +102,7 @@ def best_tokens(logits, k, block=BLOCK):
     k = min(k, vocab)
     blocks = -(-vocab // block)
     if blocks < 2 * k:  # a narrow vocabulary: one scan is as fast
-        top_logits, tokens = tf.math.top_k(logits, k)
-        row_max = top_logits[:, :1]
+        _, tokens = tf.math.top_k(logits, k)
     else:
         padded = logits if blocks * block == vocab else tf.pad(
             logits, [[0, 0], [0, blocks * block - vocab]], constant_values=-float("inf"))
@@ -107,11 +110,10 @@ def best_tokens(logits, k, block=BLOCK):
         block_max = tf.reduce_max(cut, axis=-1)  # [rows, blocks]
         _, chosen = tf.math.top_k(block_max, k)
         chosen = tf.sort(chosen, axis=-1)  # ascending, so that ties keep top_k's lowest-index order
-        top_logits, position = tf.math.top_k(tf.reshape(tf.gather(cut, chosen, batch_dims=1), [-1, k * block]), k)
+        _, position = tf.math.top_k(tf.reshape(tf.gather(cut, chosen, batch_dims=1), [-1, k * block]), k)
         tokens = tf.gather(chosen, position // block, batch_dims=1) * block + position % block
-        row_max = tf.reduce_max(block_max, axis=-1, keepdims=True)
-    log_norm = row_max + tf.math.log(tf.reduce_sum(tf.exp(logits - row_max), axis=-1, keepdims=True))
-    return top_logits - log_norm, tokens
+    probabilities = tf.gather(tf.nn.softmax(logits), tokens, batch_dims=1)
+    return tf.math.log(tf.maximum(probabilities, np.finfo(np.float32).tiny)), tokens
 
 
 def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n_best=1, keep_attention=True,
@@ -120,7 +122,8 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
 
     Args:
       model: a ``Seq2Seq`` or an ``Ensemble`` (anything with ``encode``, ``step_weights`` (what ``decode_step``
-        takes last, made once before the time loop), ``decode_step``, whose first output are the next token's
+        takes, made once before the time loop), ``decode_step`` (its ``beam``: the rows are groups of
+        ``beam`` hypotheses, the memory one row per group), whose first output are the next token's
         logits or log-probabilities over the output vocabulary, [rows, output size], the size static, and
         ``target_ids``, which maps output indices to target ids).
       source: int32 [batch, src_len], each row ``pieces + [EOS]`` padded with PAD_ID.
@@ -167,20 +170,20 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
         "open_slots": tf.fill([batch], k),
         "tokens": tf.zeros([batch, k, max_steps], tf.int32),
         "attention": tf.zeros([batch, k, max_steps, kept_src_len]),
+        "memory": memory,
     }
     if sampling is not None:
         live["line"] = tf.convert_to_tensor(lines, tf.int32)
         key = seed_key(tf.convert_to_tensor(seed, tf.int64))
     rows = {"last_token": tf.fill([batch * k], BOS_ID),
-            "state": tf.nest.map_structure(lambda x: _tile(x, k), state),
-            "memory": tf.nest.map_structure(lambda x: _tile(x, k), memory)}
+            "state": tf.nest.map_structure(lambda x: _tile(x, k), state)}
 
     def not_done(t, live, rows, finished):
         return tf.size(live["index"]) > 0
 
     def body(t, live, rows, finished):
         n = tf.shape(live["index"])[0]
-        logits, state, weights = model.decode_step(rows["last_token"], rows["state"], rows["memory"], step_weights)
+        logits, state, weights = model.decode_step(rows["last_token"], rows["state"], live["memory"], step_weights, k)
         weights = tf.reshape(tf.cast(weights, tf.float32), [n, k, src_len])
         # The sentence's k best extensions are among its hypotheses' own k best tokens: select
         # those first, then the k best of the k × k (closed slots have NEG_INF, never chosen).
@@ -230,13 +233,13 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
         hypothesis_rows = tf.reshape(tf.range(n)[:, None] * k + parent, [-1])
         live = {**live, "logp": alive_logp, "tokens": tokens, "attention": attention,
                 "open_slots": live["open_slots"] - tf.reduce_sum(tf.cast(finishing, tf.int32), axis=1)}
-        rows = {"last_token": tf.reshape(token, [-1]), "memory": rows["memory"],
+        rows = {"last_token": tf.reshape(token, [-1]),
                 "state": tf.nest.map_structure(lambda x: tf.gather(x, hypothesis_rows), state)}
 
         def drop_done():
             keep = tf.cast(tf.where(tf.logical_not(done))[:, 0], tf.int32)  # [live'], in order
             keep_rows = tf.reshape(keep[:, None] * k + tf.range(k)[None, :], [-1])
-            return ({name: tf.gather(value, keep) for name, value in live.items()},
+            return (tf.nest.map_structure(lambda x: tf.gather(x, keep), live),
                     tf.nest.map_structure(lambda x: tf.gather(x, keep_rows), rows))
 
         live, rows = tf.cond(tf.reduce_any(done), drop_done, lambda: (live, rows))

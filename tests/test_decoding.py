@@ -323,7 +323,8 @@ def test_top_k_sampling_never_leaves_the_top_k():
         def step_weights(self):
             return {}
 
-        def decode_step(self, token, state, memory, weights=None):
+        def decode_step(self, token, state, memory, weights=None, beam=1):
+            memory = tf.nest.map_structure(lambda x: tf.repeat(x, beam, axis=0), memory)  # a row per hypothesis
             weights = tf.cast(memory["mask"], tf.float32)
             logits = tf.tile(self.logits[None], [tf.shape(token)[0], 1])
             return logits, state, weights / tf.reduce_sum(weights, -1, keepdims=True)

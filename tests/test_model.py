@@ -334,3 +334,23 @@ def test_a_decoding_step_multiplies_by_the_bfloat16_kernels_made_before_the_loop
         readers = {op.type for op in graph.get_operations() if argument.name in [t.name for t in op.inputs]}
         assert readers and readers <= {"MatMul", "BatchMatMulV2"}, readers
     np.testing.assert_array_equal(step(token, state, memory, prepared), model.decode_step(token, state, memory)[0])
+
+
+@pytest.mark.parametrize("recurrent_bfloat16", [False, True])
+def test_a_step_of_hypotheses_grouped_by_sentence_equals_a_step_over_tiled_memory(recurrent_bfloat16):
+    # Search keeps one memory row per sentence and passes beam=k: each sentence's k hypotheses
+    # attend over it together, as k rows over k copies of it would.
+    model = _model(recurrent_bfloat16=recurrent_bfloat16)
+    memory, state = model.encode(tf.constant(SOURCE))
+    beam, sentences = 3, SOURCE.shape[0]
+    tiled = tf.nest.map_structure(lambda x: tf.repeat(x, beam, axis=0), (memory, state))
+    state = tf.nest.map_structure(lambda x: x + tf.random.normal(tf.shape(x), stddev=0.1), tiled[1])
+    token = tf.constant(np.arange(sentences * beam) % 40 + 4, tf.int32)
+    logits, new_state, attention = model.decode_step(token, state, memory, beam=beam)
+    want_logits, want_state, want_attention = model.decode_step(token, state, tiled[0])
+    assert logits.shape == (sentences * beam, 50) and attention.shape == (sentences * beam, SOURCE.shape[1])
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(attention, want_attention, rtol=1e-6, atol=1e-7)
+    for got, want in zip(tf.nest.flatten(new_state), tf.nest.flatten(want_state)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(logits[0], logits[1])  # the rows of a group differ

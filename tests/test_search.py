@@ -24,7 +24,8 @@ class ScriptedModel:
     def step_weights(self):
         return {}
 
-    def decode_step(self, token, state, memory, weights=None):
+    def decode_step(self, token, state, memory, weights=None, beam=1):
+        memory = tf.nest.map_structure(lambda x: tf.repeat(x, beam, axis=0), memory)  # a row per hypothesis
         t = state["t"]
         wanted = tf.gather(memory["script"], tf.minimum(t, self.script.shape[1] - 1), batch_dims=1)
         probs = tf.one_hot(wanted, self.vocab, on_value=self.p, off_value=(1 - self.p) / (self.vocab - 1))
@@ -108,7 +109,8 @@ def test_beam_finds_a_better_hypothesis_than_greedy():
         def step_weights(self):
             return {}
 
-        def decode_step(self, token, state, memory, weights=None):
+        def decode_step(self, token, state, memory, weights=None, beam=1):
+            memory = tf.nest.map_structure(lambda x: tf.repeat(x, beam, axis=0), memory)  # a row per hypothesis
             vocab = 10
             first = tf.math.log(tf.constant([1e-6] * 4 + [0.6, 0.4 - 6e-6] + [1e-6] * 4))
             after_4 = tf.fill([vocab], tf.math.log(0.1))
@@ -145,7 +147,8 @@ def test_a_sentence_that_is_done_leaves_the_loop():
             super().__init__(script)
             self.rows = tf.Variable(0)
 
-        def decode_step(self, token, state, memory, weights=None):
+        def decode_step(self, token, state, memory, weights=None, beam=1):
+            memory = tf.nest.map_structure(lambda x: tf.repeat(x, beam, axis=0), memory)  # a row per hypothesis
             self.rows.assign_add(tf.shape(token)[0])
             return super().decode_step(token, state, memory)
 
