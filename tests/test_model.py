@@ -354,3 +354,37 @@ def test_a_step_of_hypotheses_grouped_by_sentence_equals_a_step_over_tiled_memor
     for got, want in zip(tf.nest.flatten(new_state), tf.nest.flatten(want_state)):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     assert not np.allclose(logits[0], logits[1])  # the rows of a group differ
+
+
+@pytest.mark.parametrize("placement", ["attention_input", "all_outputs"])
+def test_teacher_forcing_draws_every_steps_dropout_masks_before_its_loop(placement):
+    # Two layers: dropout between them, and after the top one or at the attentional layer's input.
+    model = _model(dropout=0.5, dropout_placement=placement)
+    decoder = model.decoder
+    generators = [layer.seed_generator for layer in model._flatten_layers()
+                  if isinstance(getattr(layer, "seed_generator", None), keras.random.SeedGenerator)]
+    start = [g.state.numpy() for g in generators]
+    memory, state = model.encode(tf.constant(SOURCE))
+    embedded = decoder._embed(tf.constant(TARGET_IN), False)
+    projected = decoder._project_embedded(embedded)
+    steps, batch, value_dim = TARGET_IN.shape[1], TARGET_IN.shape[0], memory["values"].shape[-1]
+    masks = decoder._step_masks(steps, batch, value_dim, True)
+    drawn = {"rnn": [None if m is None else m.stack().numpy() for m in masks["rnn"]],
+             "attention": None if masks["attention"] is None else masks["attention"].stack().numpy()}
+    present = [m for m in drawn["rnn"] + [drawn["attention"]] if m is not None]
+    assert len(present) == 2
+    for mask in present:
+        assert set(np.unique(mask)) == {0.0, 2.0}  # dropped, or kept and scaled by 1 / (1 - 0.5)
+        assert 0.3 < np.mean(mask == 0) < 0.7
+        assert not np.array_equal(mask[0], mask[1])  # a new mask at every step
+    # The loop multiplies step t by mask t: the same as stepping by hand with those masks.
+    for generator, value in zip(generators, start):
+        generator.state.assign(value)
+    attentional, _ = decoder._call_stepwise(projected, state, memory, True)
+    weights, outputs = decoder.step_weights(), []
+    for t in range(steps):
+        step_masks = {"rnn": [None if m is None else m[t] for m in drawn["rnn"]],
+                      "attention": None if drawn["attention"] is None else drawn["attention"][t]}
+        output, state, _ = decoder._step_projected(projected[:, t], state, memory, True, weights, masks=step_masks)
+        outputs.append(output)
+    np.testing.assert_allclose(attentional, tf.stack(outputs, 1), rtol=1e-5, atol=1e-6)
