@@ -173,11 +173,12 @@ class Decoder(keras.layers.Layer):
             return {"query": None, "combine": None}
         return {"query": self.attention.query_kernel(), "combine": precision.kernel(self.combine.kernel, True)}
 
-    def step_weights(self, dtype=None):
+    def step_weights(self, dtype=None, output_multiple=1):
         """The kernels a decoding step multiplies by, cast once before a time loop (a cast in the
         loop would convert the whole matrix at every step); ``dtype``: the step's (default: the
         layer's compute dtype). A dict of
-          output: the output layer's ``step_kernel()``;
+          output: the output layer's ``step_kernel(output_multiple)``, its output columns padded up
+            to a multiple of ``output_multiple`` (their logits −inf);
           embedded: the rows of the first recurrent layer's input kernel that the embedded token
             meets, [embedding_dim, gates * units], in ``dtype`` or bfloat16;
           feed: the rows of the first recurrent layer's input kernel that the input feed meets,
@@ -188,7 +189,7 @@ class Decoder(keras.layers.Layer):
           query: the attention's query projection; combine: the attentional layer's kernel.
         """
         layers, dtype = len(self.rnns), dtype or self.compute_dtype
-        weights = {"output": self.output_projection.step_kernel(), "feed": None, "input": [None] * layers,
+        weights = {"output": self.output_projection.step_kernel(output_multiple), "feed": None, "input": [None] * layers,
                    "recurrent": [None] * layers, **self._attention_weights()}
         weights["embedded"] = precision.kernel(self.rnns[0].cell.kernel[: self.embedding_dim], self.bfloat16, dtype)
         if self.input_feeding:

@@ -72,9 +72,9 @@ class Ensemble:
         encoded = [model.encode(source, training=training) for model in self.models]
         return tuple(memory for memory, _ in encoded), tuple(state for _, state in encoded)
 
-    def step_weights(self):
-        """The tuple of the members' ``step_weights()``, made once before a search's time loop."""
-        return tuple(model.step_weights() for model in self.models)
+    def step_weights(self, output_multiple=1):
+        """The tuple of the members' ``step_weights(output_multiple)``, made once before a search's time loop."""
+        return tuple(model.step_weights(output_multiple) for model in self.models)
 
     def decode_step(self, token, state, memory, weights=None, beam=1):
         """One step of every member.

@@ -135,10 +135,11 @@ class Seq2Seq(keras.Model):
         """Output indices int32 [...] -> the target ids they score [...]."""
         return indices if self._pieces is None else tf.gather(self._pieces, indices)
 
-    def step_weights(self):
+    def step_weights(self, output_multiple=1):
         """The weights ``decode_step`` multiplies by, made once before a search's time loop
-        (``Decoder.step_weights``)."""
-        return self.decoder.step_weights()
+        (``Decoder.step_weights``): with ``output_multiple``, ``decode_step`` returns the logits
+        of the output size rounded up to a multiple of it, the extra ones −inf."""
+        return self.decoder.step_weights(output_multiple=output_multiple)
 
     def decode_step(self, token, state, memory, weights=None, beam=1):
         """One inference step: token int32 [batch] (a target id) -> float32 logits [batch, output

@@ -13,6 +13,16 @@ import tensorflow as tf
 from seq2seq import precision
 
 
+def _padded(kernel, bias, columns, multiple, axis):
+    """``{"kernel", "bias"}`` with the output columns (``axis`` of the kernel) padded up to a
+    multiple of ``multiple``: zero weights and a bias of −inf, so that the extra logits are −inf."""
+    extra = -columns % multiple
+    if extra:
+        kernel = tf.pad(kernel, [[0, extra] if a == axis else [0, 0] for a in range(2)])
+        bias = tf.pad(bias, [[0, extra]], constant_values=-float("inf"))
+    return {"kernel": kernel, "bias": bias}
+
+
 class OutputProjection(keras.layers.Dense):
     """``keras.layers.Dense`` (its weights: ``kernel`` [units, output size], ``bias``) whose
     matmul can run in bfloat16 (see the module docstring)."""
@@ -21,17 +31,20 @@ class OutputProjection(keras.layers.Dense):
         super().__init__(units, **kwargs)
         self.bfloat16 = bfloat16
 
-    def step_kernel(self):
-        """The kernel as ``call`` multiplies by it, to make once before a time loop: bfloat16 with
-        ``bfloat16``, else None (Dense's own)."""
-        return precision.kernel(self.kernel, True) if self.bfloat16 else None
+    def step_kernel(self, multiple=1):
+        """The weights as ``call`` multiplies by them, to make once before a time loop: ``kernel``
+        (bfloat16 with ``bfloat16``) and the float32 ``bias``, their columns padded up to a
+        multiple of ``multiple`` (the extra logits −inf)."""
+        kernel = precision.kernel(self.kernel, self.bfloat16, self.compute_dtype)
+        return _padded(kernel, tf.cast(self.bias, tf.float32), self.units, multiple, axis=1)
 
     def call(self, x, kernel=None):
-        """x [..., units] -> logits [..., output size]; ``kernel``: ``step_kernel()`` (default: made here)."""
-        if not self.bfloat16:
+        """x [..., units] -> logits [..., output size]; ``kernel``: ``step_kernel()`` (default: made
+        here with bfloat16, else Dense's own computation)."""
+        if kernel is None and not self.bfloat16:
             return super().call(x)
         kernel = self.step_kernel() if kernel is None else kernel
-        logits = precision.matmul(x, kernel, True) + tf.cast(self.bias, tf.float32)
+        logits = precision.matmul(x, kernel["kernel"]) + tf.cast(kernel["bias"], x.dtype)
         return tf.cast(logits, self.compute_dtype)
 
     def get_config(self):
@@ -65,19 +78,21 @@ class TiedOutput(keras.layers.Layer):
         self.bias = self.add_weight(name="bias", shape=(self.size,), initializer="zeros")
         self.built = True
 
-    def step_kernel(self):
-        """The scored embeddings, scaled, [output size, embedding_dim] (bfloat16 with ``bfloat16``),
-        to make once before a time loop."""
+    def step_kernel(self, multiple=1):
+        """The weights as ``call`` multiplies by them, to make once before a time loop: ``kernel``,
+        the scored embeddings, scaled, [output size, embedding_dim] (bfloat16 with ``bfloat16``),
+        and ``bias``, the output rows padded up to a multiple of ``multiple`` (the extra logits −inf)."""
         embeddings = self.embedding.embeddings
         if self.pieces is not None:
             embeddings = tf.gather(embeddings, self.pieces)
         scaled = embeddings * (self.embedding.output_dim ** -0.5)
-        return precision.kernel(scaled, True) if self.bfloat16 else scaled
+        kernel = precision.kernel(scaled, True) if self.bfloat16 else scaled
+        return _padded(kernel, self.bias, self.size, multiple, axis=0)
 
     def call(self, x, kernel=None):
         """x [..., units] -> logits [..., output size]; ``kernel``: ``step_kernel()`` (default: made here)."""
         if self.projection is not None:
             x = self.projection(x)
         kernel = self.step_kernel() if kernel is None else kernel
-        logits = precision.matmul(x, kernel, self.bfloat16, transpose_b=True)
-        return tf.cast(logits + tf.cast(self.bias, logits.dtype), self.compute_dtype)
+        logits = precision.matmul(x, kernel["kernel"], self.bfloat16, transpose_b=True)
+        return tf.cast(logits + tf.cast(kernel["bias"], logits.dtype), self.compute_dtype)

@@ -149,7 +149,8 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
     limits = length_limits(source, max_length_ratio, min_length)  # [batch]
     max_steps = tf.reduce_max(limits)
     memory, state = model.encode(source)
-    step_weights = model.step_weights()  # cast once, outside the time loop
+    # Cast once, outside the time loop; the output size padded to whole blocks of best_tokens.
+    step_weights = model.step_weights(BLOCK)
     kept_src_len = src_len if keep_attention else 0
     finished = {
         "tokens": tf.zeros([batch, k, max_steps], tf.int32),

@@ -320,7 +320,7 @@ def test_top_k_sampling_never_leaves_the_top_k():
         def encode(self, source):
             return {"mask": tf.not_equal(source, 0)}, {"unused": tf.zeros([tf.shape(source)[0]])}
 
-        def step_weights(self):
+        def step_weights(self, output_multiple=1):
             return {}
 
         def decode_step(self, token, state, memory, weights=None, beam=1):

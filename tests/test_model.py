@@ -323,8 +323,8 @@ def test_a_decoding_step_multiplies_by_the_bfloat16_kernels_made_before_the_loop
     model = _model(recurrent_bfloat16=True, output_bfloat16=True, tie_embeddings=tie_embeddings)
     memory, state = model.encode(tf.constant(SOURCE))
     prepared = model.step_weights()
-    kernels = [w for w in tf.nest.flatten(prepared) if w is not None]
-    assert len(kernels) == 8 and all(w.dtype == tf.bfloat16 for w in kernels)
+    kernels = [w for w in tf.nest.flatten(prepared) if w is not None and w.dtype == tf.bfloat16]
+    assert len(kernels) == 8 and prepared["output"]["bias"].dtype == tf.float32
     token = tf.constant(TARGET_IN[:, 0])
     step = tf.function(lambda token, state, memory, weights: model.decode_step(token, state, memory, weights)[0])
     graph = step.get_concrete_function(token, state, memory, prepared).graph
@@ -388,3 +388,18 @@ def test_teacher_forcing_draws_every_steps_dropout_masks_before_its_loop(placeme
         output, state, _ = decoder._step_projected(projected[:, t], state, memory, True, weights, masks=step_masks)
         outputs.append(output)
     np.testing.assert_allclose(attentional, tf.stack(outputs, 1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tie_embeddings", [False, True])
+@pytest.mark.parametrize("output_bfloat16", [False, True])
+def test_step_weights_pad_the_output_to_whole_blocks_whose_extra_logits_are_minus_infinity(tie_embeddings,
+                                                                                           output_bfloat16):
+    model = _model(tie_embeddings=tie_embeddings, output_bfloat16=output_bfloat16, output_pieces=list(range(45)))
+    memory, state = model.encode(tf.constant(SOURCE))
+    token = tf.constant(TARGET_IN[:, 1])
+    exact, _, _ = model.decode_step(token, state, memory)
+    padded, _, _ = model.decode_step(token, state, memory, model.step_weights(16))
+    assert exact.shape == (2, 45) and padded.shape == (2, 48)
+    np.testing.assert_array_equal(padded[:, :45], exact)
+    assert np.all(np.isneginf(padded[:, 45:]))
+    assert model.step_weights(15)["output"]["bias"].shape == (45,)  # already whole

@@ -21,7 +21,7 @@ class ScriptedModel:
         return ({"script": self.script[:batch], "mask": tf.not_equal(source, PAD_ID)},
                 {"t": tf.zeros([batch], tf.int32)})
 
-    def step_weights(self):
+    def step_weights(self, output_multiple=1):
         return {}
 
     def decode_step(self, token, state, memory, weights=None, beam=1):
@@ -106,7 +106,7 @@ def test_beam_finds_a_better_hypothesis_than_greedy():
             batch = tf.shape(source)[0]
             return {"mask": tf.not_equal(source, PAD_ID)}, {"prev": tf.fill([batch], BOS_ID)}
 
-        def step_weights(self):
+        def step_weights(self, output_multiple=1):
             return {}
 
         def decode_step(self, token, state, memory, weights=None, beam=1):
