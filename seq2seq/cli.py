@@ -20,6 +20,7 @@ from seq2seq.corpus import check_data, count_lines, is_gzip, read_lines
 from seq2seq.errors import DataError, UserError, run_cli
 from seq2seq.model_dir import check_ensemble_weights, check_shared_tokenizers, check_trained, read_model_config
 from seq2seq.runtime import import_tensorflow
+from seq2seq.tokenizer import EarlyTraining
 
 TRANSLATE_USAGE = """Translates text with a trained model, one output line per input line, in input order.
 
@@ -84,11 +85,18 @@ def train_main(argv=None, prog="train.py"):
         raise UserError(f"--model-dir {model_dir}: fine-tuning writes a new model directory, not the one of "
                         "--init-from (choose another --model-dir)")
 
-    import_tensorflow()  # only once the arguments and data are known to be valid
-    from seq2seq.training import Trainer
+    # A new model directory's SentencePiece training runs while TensorFlow is imported.
+    started = (None if args.init_from or config.training.distribution == "multi_worker" else
+               EarlyTraining.start(model_dir, config))
+    try:
+        import_tensorflow()  # only once the arguments and data are known to be valid
+        from seq2seq.training import Trainer
 
-    trainer = Trainer(config, model_dir, args.init_from)
-    trainer.train()
+        trainer = Trainer(config, model_dir, args.init_from, started)
+        trainer.train()
+    finally:
+        if started is not None:
+            started.cancel()
     if trainer.stop_signal is not None:  # stopped by Ctrl-C or SIGTERM, after saving a checkpoint
         return 128 + trainer.stop_signal
 

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,14 +78,67 @@ def train_sentencepiece(texts, model_path, tokenizer_config, seed):
     trainer goes back to the system when it ends, instead of staying in the training process
     (on a 2,000,000-line corpus it raised the trainer's peak by 23 MB).
     """
+    _finish(_start(texts, model_path, tokenizer_config, seed))
+
+
+def _start(texts, model_path, tokenizer_config, seed):
+    """Starts ``train_sentencepiece``'s child process; returns it (``_finish`` waits for it)."""
     request = {"texts": list(texts), "model_path": model_path, "seed": seed,
                "tokenizer": dataclasses.asdict(tokenizer_config)}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run([sys.executable, "-m", "seq2seq.tokenizer", json.dumps(request)], env=env,
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        errors = [line[len("error: "):] for line in result.stderr.splitlines() if line.startswith("error: ")]
-        raise UserError(errors[-1] if errors else f"SentencePiece training failed:\n{result.stderr[-2000:]}")
+    return subprocess.Popen([sys.executable, "-m", "seq2seq.tokenizer", json.dumps(request)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process):
+    """Waits for a ``_start``ed training; raises UserError with its error line if it failed."""
+    _, stderr = process.communicate()
+    if process.returncode != 0:
+        errors = [line[len("error: "):] for line in stderr.splitlines() if line.startswith("error: ")]
+        raise UserError(errors[-1] if errors else f"SentencePiece training failed:\n{stderr[-2000:]}")
+
+
+class EarlyTraining:
+    """The SentencePiece training of a new model directory, started before the trainer's other
+    start-up work (``start``; TensorFlow's import, in ``train.py``) so that the two overlap:
+    ``Tokenizer.for_training`` then waits for it. The models are written to a temporary
+    directory and moved into the model directory only by ``Tokenizer.for_training``; ``cancel``
+    ends an unused one."""
+
+    def __init__(self, config):
+        self.config = config
+        self.folder = tempfile.mkdtemp(prefix="seq2seq-spm-")
+        train = corpus(config.data, "train")
+        tokenizer = config.tokenizer
+        self.paths = Tokenizer.model_paths(self.folder, tokenizer.joint)
+        sides = [([train.texts(0), train.texts(1)], self.paths[0])] if tokenizer.joint else [
+            ([train.texts(0)], self.paths[0]), ([train.texts(1)], self.paths[1])]
+        self.processes = [_start(texts, path, tokenizer, config.training.seed) for texts, path in sides]
+
+    @classmethod
+    def start(cls, model_dir, config):
+        """An EarlyTraining if ``model_dir`` has no SentencePiece model yet, else None."""
+        if all(os.path.isfile(path) for path in Tokenizer.model_paths(model_dir, config.tokenizer.joint)):
+            return None
+        return cls(config)
+
+    def finish(self, source_path, target_path):
+        """Waits for the training and moves the models to ``source_path`` and ``target_path``."""
+        try:
+            for process in self.processes:
+                _finish(process)
+            for trained, path in dict(zip(self.paths, (source_path, target_path))).items():  # joint: one model
+                for ext in (".model", ".vocab"):
+                    os.replace(trained[: -len(".model")] + ext, path[: -len(".model")] + ext)
+        finally:
+            self.cancel()
+
+    def cancel(self):
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _train_sentencepiece_here(texts, model_path, tokenizer_config, seed):
@@ -159,10 +213,11 @@ class Tokenizer:
         return cls(source_path, target_path)
 
     @classmethod
-    def for_training(cls, model_dir, config, wait=False):
+    def for_training(cls, model_dir, config, wait=False, started=None):
         """The model directory's SentencePiece model(s), trained on ``config.data`` first if they
         are not there. ``wait``: another process (the chief) trains them; wait for the files,
-        which appear whole (written, then renamed)."""
+        which appear whole (written, then renamed). ``started``: an ``EarlyTraining`` of them,
+        waited for instead of training here (cancelled if the models are there)."""
         joint = config.tokenizer.joint
         source_path, target_path = cls.model_paths(model_dir, joint)
         if wait:
@@ -170,10 +225,16 @@ class Tokenizer:
             while not (os.path.isfile(source_path) and os.path.isfile(target_path)):
                 time.sleep(1.0)
         if os.path.isfile(source_path) and os.path.isfile(target_path):
+            if started is not None:
+                started.cancel()
             return cls(source_path, target_path)
         log.info("training SentencePiece (vocab_size %d, %s) on the training data", config.tokenizer.vocab_size,
                  "joint" if joint else "one model per side")
-        return cls.train(model_dir, config.data, config.tokenizer, config.training.seed)
+        if started is None:
+            return cls.train(model_dir, config.data, config.tokenizer, config.training.seed)
+        os.makedirs(model_dir, exist_ok=True)
+        started.finish(source_path, target_path)
+        return cls(source_path, target_path)
 
     @classmethod
     def load(cls, model_dir, joint):

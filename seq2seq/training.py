@@ -42,8 +42,9 @@ class Trainer:
     trained model directory whose model weights (those translate.py uses) a new run starts from,
     with its SentencePiece model(s) (fine-tuning; ``config`` has its model and tokenizer)."""
 
-    def __init__(self, config, model_dir, init_from=None):
+    def __init__(self, config, model_dir, init_from=None, tokenizer_training=None):
         self.config, self.model_dir, self.init_from = config, model_dir, init_from
+        self.tokenizer_training = tokenizer_training  # an EarlyTraining of the SentencePiece model(s), or None
         self.stop_signal = None
         self.train_loss = [0.0, 0]  # training loss sum and token count since the last validation
 
@@ -196,7 +197,8 @@ class Trainer:
         for line in ignored_keys(cfg.data):
             log.info("%s", line)
         keras.utils.set_random_seed(tcfg.seed)
-        self.tokenizer = Tokenizer.for_training(self.model_dir, cfg, wait=not self.cluster.is_chief)
+        self.tokenizer = Tokenizer.for_training(self.model_dir, cfg, wait=not self.cluster.is_chief,
+                                                started=self.tokenizer_training)
         self.corpus = corpus(cfg.data, "train")
         self.corpus_stats, batches_per_epoch = estimate_batches(self.corpus, self.tokenizer, tcfg, cfg.tokenizer)
         if self.corpus_stats.pairs == 0:

@@ -1,7 +1,11 @@
 import os
 
-from seq2seq.config import DataConfig, TokenizerConfig
-from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, sample_lines
+import pytest
+
+from seq2seq.config import DataConfig, TokenizerConfig, config_from_dict
+from seq2seq.errors import UserError
+from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, EarlyTraining, Tokenizer, sample_lines
+from conftest import toy_config
 
 
 def _tokenizer(toy_data, tmp_path, joint=True):
@@ -44,3 +48,36 @@ def test_sample_lines_is_bounded_and_skips_empty_lines(tmp_path):
     sample = sample_lines([str(path)], 50, seed=3)
     assert len(sample) == 50 and all(line.startswith("line") for line in sample)
     assert sample == sample_lines([str(path)], 50, seed=3)
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_a_tokenizer_training_started_early_writes_the_models_that_training_here_writes(toy_data, tmp_path, joint):
+    config = config_from_dict(toy_config(toy_data, **{"tokenizer.joint": joint}))
+    here = Tokenizer.train(str(tmp_path / "here"), config.data, config.tokenizer, config.training.seed)
+    started = EarlyTraining.start(str(tmp_path / "early"), config)
+    early = Tokenizer.for_training(str(tmp_path / "early"), config, started=started)
+    assert sorted(os.listdir(tmp_path / "early")) == sorted(os.listdir(tmp_path / "here"))
+    for name in os.listdir(tmp_path / "here"):  # (a .model names the temporary file it was trained on)
+        if name.endswith(".vocab"):  # every piece and its score
+            assert (tmp_path / "early" / name).read_bytes() == (tmp_path / "here" / name).read_bytes(), name
+    for mine, theirs in ((early.source, here.source), (early.target, here.target)):
+        assert [mine.id_to_piece(i) for i in range(mine.get_piece_size())] == [
+            theirs.id_to_piece(i) for i in range(theirs.get_piece_size())]
+    assert early.encode_source(["s1 s4"]) == here.encode_source(["s1 s4"])
+    assert not os.path.exists(started.folder)
+    # A directory that has its models starts nothing; one started anyway is cancelled, its folder removed.
+    assert EarlyTraining.start(str(tmp_path / "early"), config) is None
+    again = EarlyTraining(config)
+    Tokenizer.for_training(str(tmp_path / "early"), config, started=again)
+    assert not os.path.exists(again.folder) and all(p.poll() is not None for p in again.processes)
+
+
+def test_a_tokenizer_training_started_early_reports_its_error_in_one_line(tmp_path):
+    letters = "abcdefghijklmnopqrstuvwxyzäöüß"
+    for name in ("train.src", "train.tgt", "valid.src", "valid.tgt"):
+        (tmp_path / name).write_text("".join(f"{letters[i:]}{letters[:i]}\n" for i in range(30)), encoding="utf-8")
+    config = config_from_dict(toy_config(str(tmp_path), **{"tokenizer.vocab_size": 20, "tokenizer.model_type": "unigram"}))
+    started = EarlyTraining.start(str(tmp_path / "model"), config)
+    with pytest.raises(UserError, match="tokenizer.vocab_size: 20 is too small for the 31 different characters"):
+        Tokenizer.for_training(str(tmp_path / "model"), config, started=started)
+    assert not os.path.exists(started.folder) and not os.path.exists(tmp_path / "model" / "spm.model")
