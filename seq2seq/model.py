@@ -145,7 +145,8 @@ class Seq2Seq(keras.Model):
         """One inference step: token int32 [batch] (a target id) -> float32 logits [batch, output
         size] of the next token (search normalizes only the ones it keeps; ``target_ids`` maps
         their indices to ids), new state, attention weights [batch, src_len]. ``weights``:
-        ``step_weights()`` (default: made here). ``beam``: the rows are groups of ``beam``
+        ``step_weights()`` (default: made here); from ``step_weights(m)`` the logits are padded
+        with −inf to a multiple of m. ``beam``: the rows are groups of ``beam``
         hypotheses of one sentence each, and ``memory`` (from ``encode``) has one row per group."""
         weights = self.step_weights() if weights is None else weights
         attentional, state, attention = self.decoder.step(token, state, memory, weights=weights, beam=beam)

@@ -121,10 +121,11 @@ def beam_search(model, source, beam_size, alpha, max_length_ratio, min_length, n
     """Batched beam search (see the module docstring).
 
     Args:
-      model: a ``Seq2Seq`` or an ``Ensemble`` (anything with ``encode``, ``step_weights`` (what ``decode_step``
-        takes, made once before the time loop), ``decode_step`` (its ``beam``: the rows are groups of
-        ``beam`` hypotheses, the memory one row per group), whose first output are the next token's
-        logits or log-probabilities over the output vocabulary, [rows, output size], the size static, and
+      model: a ``Seq2Seq`` or an ``Ensemble`` (anything with ``encode``, ``step_weights(output_multiple)``
+        (what ``decode_step`` takes, made once before the time loop), ``decode_step`` (its ``beam``: the
+        rows are groups of ``beam`` hypotheses, the memory one row per group), whose first output are the
+        next token's logits or log-probabilities over the output vocabulary, [rows, output size rounded
+        up to a multiple of ``output_multiple``, the extra columns −inf], the size static, and
         ``target_ids``, which maps output indices to target ids).
       source: int32 [batch, src_len], each row ``pieces + [EOS]`` padded with PAD_ID.
       beam_size: python int K ≥ 1.
