@@ -11,15 +11,21 @@ def import_tensorflow():
     TensorFlow's C++ core prints informational lines (oneDNN, CUDA probing) while it loads, before
     ``TF_CPP_MIN_LOG_LEVEL`` takes effect. They are captured and dropped; if the import fails they
     are printed, so nothing that explains a failure is hidden.
+
+    Keras is imported here too, with ``matplotlib.pyplot`` hidden from it: Keras imports pyplot
+    when it is imported, if it can, for an image gallery this package does not use, which costs
+    every command a large share of its start-up; ``seq2seq.plots`` imports pyplot where it draws.
     """
-    if "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules and "keras" in sys.modules:
         return sys.modules["tensorflow"]
+    hidden = sys.modules.setdefault("matplotlib.pyplot", None) is None  # None: `import` raises ImportError
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
+            import keras  # noqa: F401
             import tensorflow as tf
 
             tf.config.list_physical_devices()
@@ -31,4 +37,6 @@ def import_tensorflow():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+            if hidden:
+                del sys.modules["matplotlib.pyplot"]
     return tf

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -262,3 +263,14 @@ def test_the_seq2seq_command_dispatches_to_each_command_line(tmp_path, capsys):
     assert run_cli(cli.main, ["nonsense"]) != 0
     assert capsys.readouterr().err.startswith("error: usage: seq2seq {train,translate,export,serve,bench}")
     assert run_cli(cli.main, ["--help"]) == 0 and "usage: seq2seq" in capsys.readouterr().out
+
+
+def test_the_commands_import_keras_without_pyplot_and_plots_still_draw(tmp_path):
+    # Keras imports matplotlib.pyplot when it is imported, if it can; the commands' import hides it.
+    code = ("import sys; from seq2seq.runtime import import_tensorflow; import_tensorflow(); "
+            "assert 'keras' in sys.modules and 'matplotlib.pyplot' not in sys.modules; "
+            "from seq2seq.plots import plt; plt.plot([1, 2], [3, 4]); "
+            f"plt.savefig({str(tmp_path / 'curves.png')!r}); print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+    assert (tmp_path / "curves.png").stat().st_size > 1000
