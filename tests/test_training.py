@@ -42,6 +42,22 @@ def test_cross_entropy_matches_keras_on_any_shape():
                                tf.reshape(reference(tf.one_hot(labels, 11), logits), [-1]), rtol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [1.0, 300.0])  # 300: logits far apart, most probabilities underflow
+def test_cross_entropy_loss_and_gradient_equal_the_fused_op_on_smoothed_targets(scale):
+    logits = tf.random.normal([64, 500], seed=2) * scale
+    labels = tf.random.uniform([64], 0, 500, tf.int32, seed=3)
+    upstream = tf.random.uniform([64], seed=4)
+    targets = tf.one_hot(labels, 500, on_value=0.9 + 0.1 / 500, off_value=0.1 / 500)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits)
+        loss = cross_entropy(labels, logits, 0.1)
+        want = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+    np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e-5 * scale)
+    gradient = tape.gradient(loss, logits, output_gradients=upstream)
+    np.testing.assert_allclose(gradient, tape.gradient(want, logits, output_gradients=upstream), atol=1e-6)
+    assert np.all(np.isfinite(gradient))
+
+
 def test_label_smoothing_spreads_mass_over_the_vocabulary():
     logits = tf.math.log(tf.constant([[[0.97, 0.01, 0.01, 0.01]]]))
     target = tf.constant([[1]])
