@@ -13,8 +13,9 @@ def cross_entropy(labels, logits, label_smoothing=0.0):
 
     With t = (1 - ε) one-hot(y) + ε/V and lse the log-sum-exp of a row's logits z, the loss
     ``-Σ t log softmax(z)`` is ``lse - (1 - ε) z_y - (ε/V) Σ z`` and its gradient
-    ``softmax(z) - t``. Both come from one fused softmax (oneDNN's, faster on a CPU than
-    TensorFlow's fused softmax cross-entropy, which also needs the dense targets): lse is
+    ``softmax(z) - t``. Both come from one fused softmax (oneDNN's; with both cores training, as
+    the update's parts do, faster than TensorFlow's fused softmax cross-entropy, which also needs
+    the dense targets, though not always on one core beside an idle one): lse is
     ``max z - log max softmax(z)``, exact wherever the softmax is (its largest probability never
     underflows), and the gradient subtracts 1 - ε at the labels by a scatter.
 
