@@ -19,7 +19,7 @@ from seq2seq.config import fine_tuning_config, load_config
 from seq2seq.corpus import check_data, count_lines, is_gzip, read_lines
 from seq2seq.errors import DataError, UserError, run_cli
 from seq2seq.model_dir import check_ensemble_weights, check_shared_tokenizers, check_trained, read_model_config
-from seq2seq.runtime import import_tensorflow
+from seq2seq.runtime import import_tensorflow, share_cores
 from seq2seq.tokenizer import EarlyTraining
 
 TRANSLATE_USAGE = """Translates text with a trained model, one output line per input line, in input order.
@@ -204,8 +204,9 @@ def translate_main(argv=None, prog="translate.py"):
     from seq2seq.model_dir import load_decoder
     from seq2seq.plots import plot_attention
     from seq2seq.sampling import Sampling
-    from seq2seq.translate import Translator, alignment, line_chunks, one_line, score
+    from seq2seq.translate import PARALLEL_BATCHES, Translator, alignment, line_chunks, one_line, score
 
+    threads = share_cores(PARALLEL_BATCHES)  # the searches in flight, one intra-op thread each on 2 cores
     started = time.perf_counter()
     config, tokenizer, model = load_decoder(args.model, args.weights)
     translate_config = config.translate
@@ -246,12 +247,13 @@ def translate_main(argv=None, prog="translate.py"):
                                                  args.batch_size, attention, warn_truncated, out.flush)
     seconds = time.perf_counter() - loaded
     metrics = {"lines": len(hypotheses), "beam_size": beam_size, "load_seconds": round(loaded - started, 3),
-               "translate_seconds": round(seconds, 3), "lines_per_sec": round(len(hypotheses) / max(seconds, 1e-9), 1)}
+               "translate_seconds": round(seconds, 3), "lines_per_sec": round(len(hypotheses) / max(seconds, 1e-9), 1),
+               "searches_at_once": PARALLEL_BATCHES, "intra_op_threads": threads}
     if args.verbose:
         how = f"sampling with seed {seed}" if sampling else f"beam {beam_size}"
         print(f"translated {len(hypotheses)} lines in {seconds:.2f} s ({metrics['lines_per_sec']:.1f} "
-              f"lines/s, {how}); model loaded and search compiled in "
-              f"{loaded - started:.2f} s", file=sys.stderr)
+              f"lines/s, {how}; {PARALLEL_BATCHES} searches at once, {threads or 'default'} intra-op thread(s) "
+              f"each); model loaded and search compiled in {loaded - started:.2f} s", file=sys.stderr)
     if references is not None:
         if len(references) != len(hypotheses):
             raise DataError(f"{args.reference} has {len(references)} lines but {args.input} has "

@@ -14,20 +14,15 @@ generator's state, draw different masks, and a run is reproducible from ``traini
 """
 
 import concurrent.futures
-import os
 
 import keras
 import tensorflow as tf
 
 from seq2seq.optimization import sequence_loss
+from seq2seq.runtime import usable_cores
 from seq2seq.tokenizer import PAD_ID
 
 SEED_STRIDE = 1_000_003  # part k's seed generators start from the model's seeds + k * SEED_STRIDE
-
-
-def usable_cores():
-    """The cores this process may run on (its CPU affinity, as ``taskset`` sets it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def choose_parts(training_config):
@@ -39,21 +34,6 @@ def choose_parts(training_config):
             or tf.config.list_physical_devices("GPU")):
         return 1
     return 2 if usable_cores() >= 2 else 1
-
-
-def set_intra_op_threads(parts):
-    """Gives each part an equal share of the cores for its ops (one thread each on 2 cores),
-    unless ``TF_NUM_INTRAOP_THREADS`` says otherwise. Returns the intra-op thread count, or None
-    where TensorFlow's runtime had already started (several trainings in one process) and keeps
-    its own."""
-    if os.environ.get("TF_NUM_INTRAOP_THREADS"):
-        return int(os.environ["TF_NUM_INTRAOP_THREADS"])
-    threads = max(1, usable_cores() // parts)
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-    except RuntimeError:
-        return None
-    return threads
 
 
 def _trimmed(batch):

@@ -40,3 +40,28 @@ def import_tensorflow():
             if hidden:
                 del sys.modules["matplotlib.pyplot"]
     return tf
+
+
+def usable_cores():
+    """The cores this process may run on (its CPU affinity, as ``taskset`` sets it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def share_cores(ways):
+    """Gives each of ``ways`` computations that run at once from their own threads (a training
+    step's parts, searches in flight) an equal share of the cores for its ops: one intra-op
+    thread each on 2 cores. With more threads each, the computations' small ops contend for the
+    same cores. ``TF_NUM_INTRAOP_THREADS``, where set, decides instead. Call after
+    ``import_tensorflow`` and before TensorFlow's runtime starts; returns the intra-op thread
+    count, or None where the runtime had already started (several runs in one process) and keeps
+    its own."""
+    if os.environ.get("TF_NUM_INTRAOP_THREADS"):
+        return int(os.environ["TF_NUM_INTRAOP_THREADS"])
+    import tensorflow as tf
+
+    threads = max(1, usable_cores() // ways)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError:
+        return None
+    return threads

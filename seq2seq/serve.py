@@ -36,7 +36,7 @@ import time
 from seq2seq.cli import require
 from seq2seq.errors import UserError, run_cli
 from seq2seq.model_dir import read_model_config
-from seq2seq.runtime import import_tensorflow
+from seq2seq.runtime import import_tensorflow, share_cores
 from seq2seq.servable import DEFAULT_SIGNATURE
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -362,12 +362,12 @@ def serve(args, sock, path, version):
     import uvicorn
 
     from seq2seq.servable import Batcher, ModelDirBackend, SavedModelBackend
+    from seq2seq.translate import PARALLEL_BATCHES  # batches searched at once, by as many workers
+    share_cores(PARALLEL_BATCHES)
 
     backend = SavedModelBackend(path, version) if args.export else ModelDirBackend(path, args.beam_size)
     sock.listen(2048)
     body_limit = 4096 + args.max_sentences * (12 * args.max_chars + 64)  # every character escaped as \uXXXX\uXXXX
-    from seq2seq.translate import PARALLEL_BATCHES  # batches searched at once, by as many workers
-
     batcher = Batcher(backend.run, lambda key, columns, i: len(str(next(iter(columns.values()))[i])),
                       args.max_batch_size, args.batch_timeout_ms / 1000.0, args.max_queue, PARALLEL_BATCHES)
     app = build_app(backend, batcher, args, body_limit)

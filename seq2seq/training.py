@@ -32,7 +32,8 @@ from seq2seq.errors import UserError
 from seq2seq.evaluation import DivergenceGuard, EarlyStopping, Evaluator
 from seq2seq.model import Seq2Seq
 from seq2seq.optimization import make_optimizer, sequence_loss
-from seq2seq.parts import PartsStep, choose_parts, set_intra_op_threads
+from seq2seq.parts import PartsStep, choose_parts
+from seq2seq.runtime import share_cores
 from seq2seq.reporting import Progress, Reporter, log, setup_logging
 from seq2seq.tokenizer import Tokenizer
 
@@ -182,7 +183,7 @@ class Trainer:
         cfg, tcfg = self.config, self.config.training
         check_data(cfg.data)
         self.parts = choose_parts(tcfg)
-        threads = set_intra_op_threads(self.parts) if self.parts > 1 else None  # before TensorFlow's runtime starts
+        threads = share_cores(self.parts) if self.parts > 1 else None  # before TensorFlow's runtime starts
         self.cluster = Cluster(tcfg.distribution)  # first: MultiWorkerMirroredStrategy must precede other TF work
         if self.cluster.is_chief:
             md.prepare(self.model_dir, cfg)

@@ -274,3 +274,18 @@ def test_the_commands_import_keras_without_pyplot_and_plots_still_draw(tmp_path)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_translate_gives_each_search_in_flight_its_share_of_the_cores(trained_toy, toy_data, tmp_path):
+    # A new process, without the suite's TF_NUM_INTRAOP_THREADS: two searches at once get one
+    # intra-op thread each on 2 cores (more contend for the same cores), half the cores on more.
+    metrics = tmp_path / "metrics.json"
+    env = {k: v for k, v in os.environ.items() if k != "TF_NUM_INTRAOP_THREADS"}
+    result = subprocess.run([sys.executable, "translate.py", "--model", trained_toy, "--input", f"{toy_data}/test.src",
+                             "--output", str(tmp_path / "hyp.txt"), "--metrics", str(metrics), "--verbose"],
+                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    figures = json.loads(metrics.read_text())
+    assert figures["searches_at_once"] == 2 and figures["intra_op_threads"] == threads
+    assert f"2 searches at once, {threads} intra-op thread(s) each" in result.stderr

@@ -2,17 +2,20 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import toy_config
+from conftest import ROOT, toy_config
 from seq2seq.config import ConfigError, config_from_dict
 from seq2seq.model import Seq2Seq
 from seq2seq.optimization import sequence_loss
 from seq2seq.parts import PartsStep, choose_parts
+from seq2seq.runtime import share_cores
 from seq2seq.training import Trainer
 
 # Five sentence pairs of different lengths, padded: each part has padding columns to trim.
@@ -115,3 +118,20 @@ def test_parallel_parts_choice_and_config_errors(toy_data, monkeypatch):
         config_from_dict(values, ["training.parallel_parts=2", "training.distribution=mirrored"])
     with pytest.raises(ConfigError, match="training.parallel_parts.*mixed_precision"):
         config_from_dict(values, ["training.parallel_parts=2", "training.mixed_precision=true"])
+
+
+def test_share_cores_sets_the_intra_op_threads_before_the_runtime_starts(monkeypatch):
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
+    assert share_cores(2) == 3  # the variable decides
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS")
+    tf.constant(1.0) + 1.0  # the runtime has started: its threads stay
+    assert share_cores(2) is None
+    # In a new process: 4 usable cores shared 2 ways give 2 threads each, 1 core gives 1.
+    code = ("import os, sys; os.sched_getaffinity = lambda pid: set(range(int(sys.argv[1])));"
+            "from seq2seq.runtime import import_tensorflow, share_cores; tf = import_tensorflow();"
+            "print(share_cores(2), tf.config.threading.get_intra_op_parallelism_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "TF_NUM_INTRAOP_THREADS"}
+    for cores, expected in (("4", "2 2"), ("1", "1 1")):
+        result = subprocess.run([sys.executable, "-c", code, cores], capture_output=True, text=True, cwd=ROOT,
+                                env=env, timeout=300)
+        assert result.stdout.split() == expected.split(), result.stderr
