@@ -159,13 +159,11 @@ class Decoder(keras.layers.Layer):
         """int32 [...] -> the embeddings after dropout, float [..., embedding_dim]."""
         return self.dropouts[0](self.word_dropout(self.embedding(tokens), training=training), training=training)
 
-    def _project_embedded(self, embedded, kernel=None):
+    def _project_embedded(self, embedded, kernel):
         """The embeddings' share of the first recurrent layer's input projection (its bias
         included): float [..., embedding_dim] -> [..., gates * units]. ``kernel``: the
-        ``embedded`` of ``step_weights`` (default: made here)."""
-        cell = self.rnns[0].cell
-        kernel = cell.kernel[: self.embedding_dim] if kernel is None else kernel
-        return recurrent.project_inputs(cell, embedded, kernel, self.bfloat16)
+        ``embedded`` of ``step_weights``."""
+        return recurrent.project_inputs(self.rnns[0].cell, embedded, kernel, self.bfloat16)
 
     def _attention_weights(self):
         """``query`` and ``combine`` of ``step_weights``."""
@@ -191,9 +189,13 @@ class Decoder(keras.layers.Layer):
         layers, dtype = len(self.rnns), dtype or self.compute_dtype
         weights = {"output": self.output_projection.step_kernel(output_multiple), "feed": None, "input": [None] * layers,
                    "recurrent": [None] * layers, **self._attention_weights()}
-        weights["embedded"] = precision.kernel(self.rnns[0].cell.kernel[: self.embedding_dim], self.bfloat16, dtype)
+        # One split, not two slices: its gradient is one concatenation, where each slice's would
+        # be a whole kernel of zeros around the slice's rows, and the two summed.
+        first = self.rnns[0].cell.kernel  # [embedding_dim (+ units with input feeding), gates * units]
+        rows = tf.split(first, [self.embedding_dim, first.shape[0] - self.embedding_dim]) if self.input_feeding else [first]
+        weights["embedded"] = precision.kernel(rows[0], self.bfloat16, dtype)
         if self.input_feeding:
-            weights["feed"] = precision.kernel(self.rnns[0].cell.kernel[self.embedding_dim:], self.bfloat16, dtype)
+            weights["feed"] = precision.kernel(rows[1], self.bfloat16, dtype)
         if self.bfloat16:
             weights["input"] = [None] + [precision.kernel(rnn.cell.kernel, True) for rnn in self.rnns[1:]]
             weights["recurrent"] = [precision.kernel(rnn.cell.recurrent_kernel, True) for rnn in self.rnns]
@@ -237,9 +239,10 @@ class Decoder(keras.layers.Layer):
                 x, *_ = rnn(x, initial_state=list(layer_state), training=training)
                 x = self._rnn_dropout(i, x, training)
             return self._attend(x, memory, training)
-        projected = self._project_embedded(embedded)  # [batch, tgt_len, gates * units]
+        step_weights = self.step_weights(embedded.dtype)
+        projected = self._project_embedded(embedded, step_weights["embedded"])  # [batch, tgt_len, gates * units]
         if self.input_feeding:
-            return self._call_stepwise(projected, state, memory, training)
+            return self._call_stepwise(projected, state, memory, training, step_weights)
         x = None  # the previous layer's output
         for i, (rnn, layer_state) in enumerate(zip(self.rnns, state["rnn"])):
             if i > 0:
@@ -249,14 +252,13 @@ class Decoder(keras.layers.Layer):
             x = self._rnn_dropout(i, x, training)
         return self._attend(x, memory, training)
 
-    def _call_stepwise(self, projected, state, memory, training):
+    def _call_stepwise(self, projected, state, memory, training, step_weights):
         # The embeddings and their share of the first layer's input projection are computed
         # for every step before the loop and read from a TensorArray: in the loop, the
         # backward pass of a lookup, or of a slice of a tensor from outside the loop, makes a
         # dense gradient of that whole tensor at every step, summed over the steps.
         steps = tf.shape(projected)[1]
         inputs = tf.TensorArray(projected.dtype, size=steps).unstack(tf.transpose(projected, [1, 0, 2]))
-        step_weights = self.step_weights(projected.dtype)
         masks = self._step_masks(steps, tf.shape(projected)[0], memory["values"].shape[-1], training)
         outputs = tf.TensorArray(self.compute_dtype, size=steps)
         weights = tf.TensorArray(self.compute_dtype, size=steps)

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from seq2seq.layers import WordDropout
 from seq2seq.model import BahdanauAttention, Encoder, Seq2Seq
+from seq2seq.optimization import sequence_loss
 
 SOURCE = np.array([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]], np.int32)
 TARGET_IN = np.array([[2, 11, 12, 13], [2, 14, 15, 0]], np.int32)
@@ -366,7 +367,7 @@ def test_teacher_forcing_draws_every_steps_dropout_masks_before_its_loop(placeme
     start = [g.state.numpy() for g in generators]
     memory, state = model.encode(tf.constant(SOURCE))
     embedded = decoder._embed(tf.constant(TARGET_IN), False)
-    projected = decoder._project_embedded(embedded)
+    projected = decoder._project_embedded(embedded, decoder.step_weights()["embedded"])
     steps, batch, value_dim = TARGET_IN.shape[1], TARGET_IN.shape[0], memory["values"].shape[-1]
     masks = decoder._step_masks(steps, batch, value_dim, True)
     drawn = {"rnn": [None if m is None else m.stack().numpy() for m in masks["rnn"]],
@@ -380,8 +381,8 @@ def test_teacher_forcing_draws_every_steps_dropout_masks_before_its_loop(placeme
     # The loop multiplies step t by mask t: the same as stepping by hand with those masks.
     for generator, value in zip(generators, start):
         generator.state.assign(value)
-    attentional, _ = decoder._call_stepwise(projected, state, memory, True)
     weights, outputs = decoder.step_weights(), []
+    attentional, _ = decoder._call_stepwise(projected, state, memory, True, weights)
     for t in range(steps):
         step_masks = {"rnn": [None if m is None else m[t] for m in drawn["rnn"]],
                       "attention": None if drawn["attention"] is None else drawn["attention"][t]}
@@ -403,3 +404,29 @@ def test_step_weights_pad_the_output_to_whole_blocks_whose_extra_logits_are_minu
     np.testing.assert_array_equal(padded[:, :45], exact)
     assert np.all(np.isneginf(padded[:, 45:]))
     assert model.step_weights(15)["output"]["bias"].shape == (45,)  # already whole
+
+
+@pytest.mark.parametrize("recurrent_bfloat16", [False, True])
+def test_the_first_decoder_kernels_gradient_is_one_concatenation_not_two_scattered_slices(recurrent_bfloat16):
+    # The embedded token's rows and the input feed's rows of the first layer's input kernel are
+    # split once: no slice gradient (a kernel-sized tensor of zeros per slice) in the backward pass.
+    model = _model(layers=1, dropout=0.0, recurrent_bfloat16=recurrent_bfloat16)
+    kernel = model.decoder.rnns[0].cell.kernel
+
+    @tf.function(autograph=False)
+    def gradients(source, target):
+        with tf.GradientTape() as tape:
+            loss, tokens = sequence_loss(model, source, target, True, 0.1)
+        return tape.gradient(loss, model.trainable_variables)
+
+    graph = gradients.get_concrete_function(tf.constant(SOURCE), tf.constant(TARGET_IN)).graph
+    slice_gradients = [op for op in graph.get_operations() if op.type == "StridedSliceGrad"
+                       and op.outputs[0].shape == kernel.shape]
+    assert not slice_gradients
+    got = gradients(tf.constant(SOURCE), tf.constant(TARGET_IN))
+    with tf.GradientTape() as tape:  # eagerly, the same function of the weights
+        loss, _ = sequence_loss(model, tf.constant(SOURCE), tf.constant(TARGET_IN), True, 0.1)
+    want = tape.gradient(loss, model.trainable_variables)
+    index = [v.path for v in model.trainable_variables].index(kernel.path)
+    assert float(tf.reduce_max(tf.abs(got[index]))) > 0
+    np.testing.assert_allclose(got[index], want[index], rtol=1e-4, atol=1e-6)
