@@ -59,6 +59,7 @@ class PartsStep:
         self._pool = concurrent.futures.ThreadPoolExecutor(parts, "training-part")
         self._functions = [None] * parts
         self._update = tf.function(self._apply, autograph=False)
+        self.traced = False  # every part's function and the update (``trace``)
 
     def _gradients(self, source, target):
         """(gradients of the summed token loss, summed loss, token count) of one part."""
@@ -82,6 +83,16 @@ class PartsStep:
                 for generator, state in zip(self.generators, own):
                     generator.state = state
         return self._functions[k]
+
+    def trace(self):
+        """Traces every part's function and the update, before the first batch is there (tf.data
+        fills its shuffle buffer in its own threads meanwhile); else the first step traces them."""
+        functions = [self._function(k) for k in range(self.parts)]
+        gradients, loss_sum, tokens = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
+                                                            functions[0].structured_outputs)
+        self._update.get_concrete_function([gradients] * self.parts, [loss_sum] * self.parts,
+                                           [tokens] * self.parts)
+        self.traced = True
 
     def _apply(self, gradients, loss_sums, token_counts):
         tokens = tf.add_n(token_counts)

@@ -12,6 +12,8 @@ update step with each batch computed in parts at once), ``checkpoints.TrainingSt
 guard) and ``reporting`` (log, progress line, validation history, TensorBoard).
 """
 
+import concurrent.futures
+import itertools
 import math
 import os
 import shutil
@@ -33,8 +35,8 @@ from seq2seq.evaluation import DivergenceGuard, EarlyStopping, Evaluator
 from seq2seq.model import Seq2Seq
 from seq2seq.optimization import make_optimizer, sequence_loss
 from seq2seq.parts import PartsStep, choose_parts
-from seq2seq.runtime import share_cores
 from seq2seq.reporting import Progress, Reporter, log, setup_logging
+from seq2seq.runtime import share_cores
 from seq2seq.tokenizer import Tokenizer
 
 
@@ -269,13 +271,24 @@ class Trainer:
             self.average_checkpoints()
         log.info("training done at step %d; best validation BLEU %.2f", self.step, self.stopping.best)
 
+    def _first_batch_while_tracing(self, batches):
+        """``batches`` (an iterator), its first batch fetched in a thread while this one traces the
+        step: the shuffle buffer fills while Python traces."""
+        with concurrent.futures.ThreadPoolExecutor(1, "first-batch") as pool:
+            first = pool.submit(next, batches, None)
+            self.train_step.trace()
+            first = first.result()
+        return batches if first is None else itertools.chain([first], batches)
+
     def _train_epoch(self, progress, total_steps):
         """Trains to the end of the epoch or to ``total_steps``; returns True if training must stop
         now (early stopping, or a signal)."""
         cfg, tcfg = self.config, self.config.training
         epoch = int(self.state.epoch.numpy())
-        batches = self.cluster.strategy.experimental_distribute_dataset(training_dataset(
-            self.corpus, self.tokenizer, tcfg, epoch, cfg.tokenizer))
+        batches = iter(self.cluster.strategy.experimental_distribute_dataset(training_dataset(
+            self.corpus, self.tokenizer, tcfg, epoch, cfg.tokenizer)))
+        if isinstance(self.train_step, PartsStep) and not self.train_step.traced:
+            batches = self._first_batch_while_tracing(batches)
         for source, target in batches:
             loss, tokens = self.train_step(source, target)
             loss = float(loss)

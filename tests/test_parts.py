@@ -61,6 +61,19 @@ def test_a_one_row_batch_is_one_part():
     assert step._functions[1] is None  # the second part was never needed
 
 
+def test_tracing_before_the_first_batch_serves_the_steps_that_follow():
+    model, optimizer = _model(0.0), keras.optimizers.Adam(0.01)
+    optimizer.build(model.trainable_variables)  # as the trainer builds it
+    step = PartsStep(model, optimizer, 2, 0.1, clip_norm=1.0)
+    assert not step.traced
+    step.trace()
+    assert step.traced and None not in step._functions
+    assert step._update.experimental_get_tracing_count() == 1
+    for _ in range(2):
+        step(SOURCE, TARGET)
+    assert step._update.experimental_get_tracing_count() == 1  # the update's trace was the one
+
+
 def test_parts_draw_their_own_dropout_masks_and_runs_repeat():
     step = PartsStep(_model(0.4), keras.optimizers.SGD(0.1), 2, 0.0, clip_norm=1.0)
     # The same sentences through each part's function: different masks, different losses.
