@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import toy, toy_config, write_yaml
+from conftest import ROOT, run_main, toy, toy_config, write_yaml
 from seq2seq.checkpoints import average_weights
 from seq2seq.config import config_from_dict, load_config
 from seq2seq.dataset import decoder_inputs
@@ -323,3 +323,34 @@ def test_search_op_groups_sums_by_the_first_matching_scope():
     assert groups[names[0]] == 0.7  # the encoder's recurrent step counts as the encoder
     assert groups[names[1]] == 3.0 and groups[names[2]] == 1.5 and groups[names[5]] == 0.5
     assert groups[names[6]] == 0.25 and groups["other"] == 0.1 and groups["idle"] == 9.0
+
+
+def _shipped_model_sections():
+    """The distinct ``model`` sections of the shipped configs, each with the configs that use it."""
+    import yaml
+
+    sections = {}
+    for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
+        with open(os.path.join(ROOT, "configs", name), encoding="utf-8") as f:
+            model = yaml.safe_load(f)["model"]
+        sections.setdefault(json.dumps(model, sort_keys=True), []).append(name)
+    return [pytest.param(json.loads(key), id="+".join(names)) for key, names in sections.items()]
+
+
+@pytest.mark.parametrize("model", _shipped_model_sections())
+def test_a_shipped_model_section_trains_validates_and_translates(toy_data, model, tmp_path):
+    # The shipped model (its width, output vocabulary and bfloat16 settings as users run them) on
+    # the toy task's data and tokenizer, through the command lines.
+    values = toy_config(toy_data)
+    values["model"] = model
+    values["training"].update(max_steps=4, validate_every=2)
+    model_dir = str(tmp_path / "model")
+    result = run_main("train.py", "--config", write_yaml(tmp_path / "config.yaml", values), "--model-dir", model_dir)
+    assert result.returncode == 0, result.stderr
+    log = open(os.path.join(model_dir, "train.log")).read()
+    assert "training done at step 4" in log and f"'units': {model['units']}" in log
+    if model.get("output_vocabulary") == "observed":
+        assert "output vocabulary:" in log and os.path.exists(os.path.join(model_dir, "output_vocabulary.txt"))
+    result = run_main("translate.py", "--model", model_dir, "--beam-size", "3", stdin="s1 s2 s3\n\ns4 s5\n")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3 and result.stdout.splitlines()[1] == ""
