@@ -94,6 +94,21 @@ def trained_toy(toy_data, tmp_path_factory):
     return os.path.join(build_once(tmp_path_factory, "toy_model", train), "model")
 
 
+def shipped_sections(section):
+    """pytest params of the distinct ``section`` parts (e.g. "model", "training") of the shipped
+    configs, each named by the configs that use it."""
+    import json
+
+    import yaml
+
+    sections = {}
+    for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
+        with open(os.path.join(ROOT, "configs", name), encoding="utf-8") as f:
+            part = yaml.safe_load(f)[section]
+        sections.setdefault(json.dumps(part, sort_keys=True), []).append(name)
+    return [pytest.param(json.loads(key), id="+".join(names)) for key, names in sections.items()]
+
+
 def write_yaml(path, values):
     import yaml
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, toy_config, write_yaml
+from conftest import ROOT, shipped_sections, toy_config, write_yaml
 from seq2seq.model_dir import TRAINING_HISTORY, read_history
 
 # Splits the CPU into two logical devices before TensorFlow starts, then runs train.py.
@@ -76,19 +76,7 @@ def _exact_match(model_dir, toy_data):
     return sum(out == " ".join(toy.translate(src.split())) for src, out in zip(sources, outputs)) / len(sources)
 
 
-def _shipped_training_sections():
-    """The distinct ``training`` sections of the shipped configs, each with the configs that use it."""
-    import yaml
-
-    sections = {}
-    for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
-        with open(os.path.join(ROOT, "configs", name), encoding="utf-8") as f:
-            training = yaml.safe_load(f)["training"]
-        sections.setdefault(json.dumps(training, sort_keys=True), []).append(name)
-    return [pytest.param(json.loads(key), id="+".join(names)) for key, names in sections.items()]
-
-
-@pytest.mark.parametrize("training", _shipped_training_sections())
+@pytest.mark.parametrize("training", shipped_sections("training"))
 def test_two_workers_train_with_a_shipped_training_section_to_the_end(toy_data, training, tmp_path):
     # The shipped training section (averaging, plateau decay, its batch size) on the toy task and
     # model, at the toy task's learning rate.

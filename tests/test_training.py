@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, run_main, toy, toy_config, write_yaml
+from conftest import run_main, shipped_sections, toy, toy_config, write_yaml
 from seq2seq.checkpoints import average_weights
 from seq2seq.config import config_from_dict, load_config
 from seq2seq.dataset import decoder_inputs
@@ -325,19 +325,7 @@ def test_search_op_groups_sums_by_the_first_matching_scope():
     assert groups[names[6]] == 0.25 and groups["other"] == 0.1 and groups["idle"] == 9.0
 
 
-def _shipped_model_sections():
-    """The distinct ``model`` sections of the shipped configs, each with the configs that use it."""
-    import yaml
-
-    sections = {}
-    for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
-        with open(os.path.join(ROOT, "configs", name), encoding="utf-8") as f:
-            model = yaml.safe_load(f)["model"]
-        sections.setdefault(json.dumps(model, sort_keys=True), []).append(name)
-    return [pytest.param(json.loads(key), id="+".join(names)) for key, names in sections.items()]
-
-
-@pytest.mark.parametrize("model", _shipped_model_sections())
+@pytest.mark.parametrize("model", shipped_sections("model"))
 def test_a_shipped_model_section_trains_validates_and_translates(toy_data, model, tmp_path):
     # The shipped model (its width, output vocabulary and bfloat16 settings as users run them) on
     # the toy task's data and tokenizer, through the command lines.
