@@ -302,8 +302,7 @@ def newest_version(export_dir):
 
 
 def bind(host, port):
-    """A TCP socket bound to ``host:port`` (port 0: a free one), not listening yet (connections
-    are refused until the model is loaded), or UserError."""
+    """A socket bound to ``host:port`` (0: any port), not listening until the model is loaded; or UserError."""
     try:
         family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind)
@@ -382,10 +381,11 @@ def serve(args, sock, path, version):
     print(f"listening on http://{url_host}:{port}/ (the page; the API under /v1/models/{args.name})",
           file=sys.stderr, flush=True)
     stops = []
-    for number in (signal.SIGINT, signal.SIGTERM):  # uvicorn raises the signal again once it has stopped
-        signal.signal(number, lambda received, frame: stops.append(received))
+    for number in (signal.SIGINT, signal.SIGTERM):  # ignored once uvicorn has stopped: its own raising of the
+        signal.signal(number, signal.SIG_IGN)  # signal again, and one more while Python exits, would kill
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):  # SIGTERM or Ctrl-C: no waiting for fuller batches from now on
+            stops.append(sig)
             batcher.drain()
             super().handle_exit(sig, frame)
 
