@@ -42,6 +42,20 @@ def _trimmed(batch):
     return batch[:, :length]
 
 
+def _sum(gradients):
+    """The parts' gradients of one variable summed: a tensor, or IndexedSlices with each row once."""
+    if not all(isinstance(g, tf.IndexedSlices) for g in gradients):
+        return tf.add_n([tf.convert_to_tensor(g) for g in gradients])
+    indices = tf.concat([g.indices for g in gradients], 0)
+    rows, position = tf.unique(indices)
+    values = tf.math.unsorted_segment_sum(tf.concat([g.values for g in gradients], 0), position, tf.size(rows))
+    return tf.IndexedSlices(values, rows, gradients[0].dense_shape)
+
+
+def _values(gradient):
+    return gradient.values if isinstance(gradient, tf.IndexedSlices) else gradient
+
+
 class PartsStep:
     """``step(source, target)`` -> (mean token loss, target token count) of one update on the
     batch (int32 [rows, len] each), computed in ``parts`` parts at once."""
@@ -67,7 +81,7 @@ class PartsStep:
         with tf.GradientTape() as tape:
             loss_sum, tokens = sequence_loss(self.model, _trimmed(source), _trimmed(target), True,
                                              self.label_smoothing)
-        return [tf.convert_to_tensor(g) for g in tape.gradient(loss_sum, variables)], loss_sum, tokens
+        return tape.gradient(loss_sum, variables), loss_sum, tokens
 
     def _function(self, k):
         """Part k's compiled gradients, traced with the generators drawing from part k's states
@@ -88,17 +102,24 @@ class PartsStep:
         """Traces every part's function and the update, before the first batch is there (tf.data
         fills its shuffle buffer in its own threads meanwhile); else the first step traces them."""
         functions = [self._function(k) for k in range(self.parts)]
-        gradients, loss_sum, tokens = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
-                                                            functions[0].structured_outputs)
+        gradients, loss_sum, tokens = tf.nest.map_structure(tf.type_spec_from_value, functions[0].structured_outputs)
         self._update.get_concrete_function([gradients] * self.parts, [loss_sum] * self.parts,
                                            [tokens] * self.parts)
         self.traced = True
 
     def _apply(self, gradients, loss_sums, token_counts):
+        """The update of the parts' summed gradients, scaled to the mean token loss and clipped by
+        their global norm, as ``tf.clip_by_global_norm`` clips: both factors in one multiplication
+        of each gradient. An embedding's gradient stays the rows of its lookups (IndexedSlices)
+        until the optimizer gets it, dense, once."""
         tokens = tf.add_n(token_counts)
         scale = 1.0 / tf.maximum(tokens, 1.0)
-        summed = [tf.add_n(list(part_gradients)) * scale for part_gradients in zip(*gradients)]
-        clipped, _ = tf.clip_by_global_norm(summed, self.clip_norm)
+        summed = [_sum(part_gradients) for part_gradients in zip(*gradients)]
+        norm = scale * tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(_values(g))) for g in summed]))
+        factor = scale * self.clip_norm * tf.minimum(1.0 / norm, 1.0 / self.clip_norm)
+        factor += norm - norm  # NaN where the norm is not finite, as tf.clip_by_global_norm makes it
+        clipped = [tf.convert_to_tensor(tf.IndexedSlices(g.values * factor, g.indices, g.dense_shape))
+                   if isinstance(g, tf.IndexedSlices) else g * factor for g in summed]
         self.optimizer.apply_gradients(zip(clipped, self.model.trainable_variables))
         return tf.add_n(loss_sums) * scale, tokens
 

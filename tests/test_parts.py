@@ -53,6 +53,49 @@ def test_two_parts_make_the_update_of_the_whole_batch():
     assert not np.allclose(_weights(parted)[0], _weights(_model(0.0))[0])  # the update moved the weights
 
 
+def _part_gradients(model, seed):
+    """Made-up gradients of one part: dense ones for dense variables, a few rows (some twice) for
+    the embeddings' lookups, as a part's function returns them."""
+    rng = np.random.default_rng(seed)
+    gradients = []
+    for variable in model.trainable_variables:
+        if "embeddings" in variable.path:
+            rows = tf.constant([1, 3, 1, 5], tf.int32)
+            values = tf.constant(rng.normal(size=[4, variable.shape[1]]), tf.float32)
+            gradients.append(tf.IndexedSlices(values, rows, tf.constant(variable.shape)))
+        else:
+            gradients.append(tf.constant(rng.normal(size=variable.shape), tf.float32))
+    return gradients
+
+
+@pytest.mark.parametrize("clip_norm", [0.5, 1e6])
+def test_the_update_scales_sums_and_clips_as_the_dense_gradients_would(clip_norm):
+    model = _model(0.0)
+    before = _weights(model)
+    step = PartsStep(model, keras.optimizers.SGD(1.0), 2, 0.0, clip_norm=clip_norm)
+    parts = [_part_gradients(model, seed) for seed in (1, 2)]
+    assert sum(isinstance(g, tf.IndexedSlices) for g in parts[0]) == 2  # the source and target embeddings
+    loss, tokens = step._apply(parts, [tf.constant(6.0), tf.constant(9.0)], [tf.constant(4.0), tf.constant(6.0)])
+    assert tokens.numpy() == 10 and loss.numpy() == pytest.approx(1.5)
+
+    summed = [(tf.convert_to_tensor(a) + tf.convert_to_tensor(b)) / 10.0 for a, b in zip(*parts)]
+    expected, norm = tf.clip_by_global_norm(summed, clip_norm)
+    assert (norm.numpy() > clip_norm) == (clip_norm == 0.5)
+    for got, old, gradient in zip(_weights(model), before, expected):
+        np.testing.assert_allclose(old - got, gradient.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_a_gradient_that_is_not_finite_makes_the_update_nan_as_clipping_does():
+    model = _model(0.0)
+    step = PartsStep(model, keras.optimizers.SGD(1.0), 2, 0.0, clip_norm=1.0)
+    parts = [_part_gradients(model, seed) for seed in (1, 2)]
+    parts[1][-1] = parts[1][-1] + np.inf
+    step._apply(parts, [tf.constant(1.0)] * 2, [tf.constant(1.0)] * 2)
+    for variable in model.trainable_variables:  # every gradient's values are NaN (the loss stops training)
+        weights = variable.numpy()
+        assert np.isnan(weights[[1, 3, 5]] if "embeddings" in variable.path else weights).all()
+
+
 def test_a_one_row_batch_is_one_part():
     model = _model(0.0)
     step = PartsStep(model, keras.optimizers.SGD(0.1), 2, 0.0, clip_norm=1.0)
@@ -72,6 +115,8 @@ def test_tracing_before_the_first_batch_serves_the_steps_that_follow():
     for _ in range(2):
         step(SOURCE, TARGET)
     assert step._update.experimental_get_tracing_count() == 1  # the update's trace was the one
+    gradients = step._function(0)(SOURCE, TARGET)[0]  # the embeddings' stay their looked-up rows
+    assert [isinstance(g, tf.IndexedSlices) for g in gradients].count(True) == 2
 
 
 def test_parts_draw_their_own_dropout_masks_and_runs_repeat():
