@@ -381,8 +381,8 @@ def serve(args, sock, path, version):
     print(f"listening on http://{url_host}:{port}/ (the page; the API under /v1/models/{args.name})",
           file=sys.stderr, flush=True)
     stops = []
-    for number in (signal.SIGINT, signal.SIGTERM):  # ignored once uvicorn has stopped: its own raising of the
-        signal.signal(number, signal.SIG_IGN)  # signal again, and one more while Python exits, would kill
+    for number in (signal.SIGINT, signal.SIGTERM):  # ignored outside uvicorn's handling: neither its raising
+        signal.signal(number, signal.SIG_IGN)  # the signal again nor one more while Python exits may kill
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):  # SIGTERM or Ctrl-C: no waiting for fuller batches from now on
             stops.append(sig)

@@ -54,8 +54,8 @@ def test_two_parts_make_the_update_of_the_whole_batch():
 
 
 def _part_gradients(model, seed):
-    """Made-up gradients of one part: dense ones for dense variables, a few rows (some twice) for
-    the embeddings' lookups, as a part's function returns them."""
+    """Made-up gradients of one part, of the types a part's function returns: dense for dense
+    variables, a few rows (one of them twice) for the embeddings' lookups."""
     rng = np.random.default_rng(seed)
     gradients = []
     for variable in model.trainable_variables:

@@ -261,10 +261,10 @@ def test_savedmodel_sigterm_in_flight_and_the_full_queue(trained_toy, test_lines
             assert status == 503 and "queue is full" in answer["error"]
             server.process.send_signal(signal.SIGTERM)
             status, answer = held.result(120)
-        while server.process.poll() is None and not server.lines[-1].startswith("stopped"):
-            time.sleep(0.01)
-        while server.process.poll() is None:  # more SIGTERMs while the process exits change nothing
-            server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 120
+        while server.process.poll() is None and time.monotonic() < deadline:
+            if server.lines[-1].startswith("stopped"):  # more SIGTERMs while the process exits change nothing
+                server.process.send_signal(signal.SIGTERM)
             time.sleep(0.005)
         assert status == 200
         assert [p["translation"] for p in answer["predictions"]] == [expected[line][0] for line in lines]
