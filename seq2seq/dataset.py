@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from seq2seq import segmentation
 from seq2seq.corpus import is_gzip
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -108,39 +109,44 @@ def _line_chunks(corpus):
     return chunks.enumerate().map(lambda index, chunk: without_bom(index, *chunk))
 
 
-def encoded_dataset(corpus, tokenizer, max_length, sampling_alpha=0.0, nbest_size=-1):
+def encoded_dataset(corpus, tokenizer, max_length, sampling_alpha=0.0, nbest_size=-1, seed=None):
     """The encoded pairs of ``corpus`` in file order, as ``encoded_pairs`` gives them but in the
     graph: a dataset of ``(source [len], target [len])`` int32 vectors, each ending with EOS.
 
     ``sampling_alpha`` > 0: each side is a sampled segmentation (``nbest_size`` as in
-    SentencePiece), a new one at each iteration; a side whose sample is longer than
-    ``max_length`` takes the best segmentation, so the pairs kept are the same.
+    SentencePiece; ``seq2seq.segmentation``), a new one at each iteration, drawn from ``seed``
+    where the sampler takes one (a unigram model with ``nbest_size`` 2 or more); a side whose
+    sample is longer than ``max_length`` takes the best segmentation, so the pairs kept are the
+    same.
     """
     best_source, best_target = tokenizer.in_graph()
-    sampled = tokenizer.in_graph(sampling_alpha, nbest_size) if sampling_alpha > 0 else None
+    sampled = segmentation.samplers(tokenizer, sampling_alpha, nbest_size) if sampling_alpha > 0 else None
 
-    def encode(lines, best, sampler):
+    def encode(lines, best, sampler, seed):
         """string [n] -> (int32 ragged [n, (pieces + EOS)], the best segmentation's lengths
         with EOS, int [n])."""
         ids = best.tokenize(lines)
         lengths = ids.row_lengths() + 1
         if sampler is not None:
-            samples = sampler.tokenize(lines)
+            samples = sampler(lines, seed)
             n = tf.shape(lines)[0]
             use_sample = samples.row_lengths() + 1 <= max_length
             ids = tf.gather(tf.concat([samples, ids], 0), tf.where(use_sample, tf.range(n), tf.range(n) + n))
         eos = tf.fill([tf.shape(lines)[0], 1], tf.constant(EOS_ID, tf.int32))
         return tf.concat([ids, tf.RaggedTensor.from_tensor(eos, row_splits_dtype=ids.row_splits.dtype)], 1), lengths
 
-    def chunk(sources, targets):
+    def chunk(seed, lines):
+        sources, targets = lines
         blank = tf.strings.regex_full_match(sources, _BLANK) | tf.strings.regex_full_match(targets, _BLANK)
         sources, targets = tf.boolean_mask(sources, ~blank), tf.boolean_mask(targets, ~blank)
-        source_ids, source_lengths = encode(sources, best_source, sampled[0] if sampled else None)
-        target_ids, target_lengths = encode(targets, best_target, sampled[1] if sampled else None)
+        source_ids, source_lengths = encode(sources, best_source, sampled and sampled[0], tf.stack([seed, 0]))
+        target_ids, target_lengths = encode(targets, best_target, sampled and sampled[1], tf.stack([seed, 1]))
         keep = (source_lengths <= max_length) & (target_lengths <= max_length)
         return tf.ragged.boolean_mask(source_ids, keep), tf.ragged.boolean_mask(target_ids, keep)
 
-    return _line_chunks(corpus).map(chunk).unbatch().map(
+    # One seed a chunk, another sequence of them at each iteration.
+    seeds = tf.data.Dataset.random(seed, rerandomize_each_iteration=True)
+    return tf.data.Dataset.zip(seeds, _line_chunks(corpus)).map(chunk).unbatch().map(
         lambda source, target: (tf.ensure_shape(source, [None]), tf.ensure_shape(target, [None])))
 
 
@@ -190,13 +196,15 @@ def training_dataset(corpus, tokenizer, training_config, epoch, tokenizer_config
     ``corpus.Corpus``.
 
     Returns a tf.data.Dataset of ``(source [batch, src_len], target [batch, tgt_len])`` int32
-    batches padded with PAD_ID. Shuffling is seeded by ``training.seed`` and ``epoch``, so a
-    resumed run sees the same order for the same epoch. ``tokenizer_config``'s
-    ``sampling_alpha`` and ``nbest_size``, if given, sample the segmentations.
+    batches padded with PAD_ID. Shuffling, and the sampled segmentations where they take a seed,
+    are seeded by ``training.seed`` and ``epoch``, so a resumed run sees the same batches for
+    the same epoch. ``tokenizer_config``'s ``sampling_alpha`` and ``nbest_size``, if given,
+    sample the segmentations.
     """
     sampling = (tokenizer_config.sampling_alpha, tokenizer_config.nbest_size) if tokenizer_config else (0.0, -1)
-    pairs = encoded_dataset(corpus, tokenizer, training_config.max_length, *sampling)
-    return _batched(pairs, training_config, shuffle_seed=training_config.seed + epoch).prefetch(PREFETCH_BATCHES)
+    seed = training_config.seed + epoch
+    pairs = encoded_dataset(corpus, tokenizer, training_config.max_length, *sampling, seed=seed)
+    return _batched(pairs, training_config, shuffle_seed=seed).prefetch(PREFETCH_BATCHES)
 
 
 def estimate_batches(corpus, tokenizer, training_config, tokenizer_config=None):
@@ -217,7 +225,7 @@ def estimate_batches(corpus, tokenizer, training_config, tokenizer_config=None):
         np.add.at(stats.target_counts, target[:-1], 1)
     if tokenizer_config is not None and tokenizer_config.sampling_alpha > 0 and stats.pairs:
         pairs = encoded_dataset(corpus, tokenizer, cfg.max_length, tokenizer_config.sampling_alpha,
-                                tokenizer_config.nbest_size)
+                                tokenizer_config.nbest_size, seed=cfg.seed)
         return stats, int(_batched(pairs, cfg).reduce(0, lambda count, _: count + 1))
     return stats, sum(math.ceil(n / size) for n, size in zip(per_bucket, sizes))
 

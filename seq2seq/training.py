@@ -25,7 +25,7 @@ import keras
 import tensorflow as tf
 
 from seq2seq import model_dir as md
-from seq2seq import vocabulary
+from seq2seq import segmentation, vocabulary
 from seq2seq.checkpoints import TrainingState, average_weights, checkpoint_step
 from seq2seq.corpus import check_data, corpus, ignored_keys
 from seq2seq.dataset import estimate_batches, training_dataset
@@ -233,8 +233,11 @@ class Trainer:
         self.reporter = Reporter(self.model_dir, self.cluster.is_chief)
         log.info("training data: %s; %d batches an epoch", self.corpus_stats.describe(), batches_per_epoch)
         if cfg.tokenizer.sampling_alpha > 0:
-            log.info("subword regularization: training segmentations sampled with alpha %g, nbest_size %d",
-                     cfg.tokenizer.sampling_alpha, cfg.tokenizer.nbest_size)
+            log.info("subword regularization: training segmentations sampled with alpha %g, nbest_size %d (%s)",
+                     cfg.tokenizer.sampling_alpha, cfg.tokenizer.nbest_size,
+                     "seeded by training.seed" if segmentation.seeded(self.tokenizer.source_model_path,
+                                                                      cfg.tokenizer.nbest_size)
+                     else "tensorflow-text's sampler, which takes no seed: two runs differ")
         log.info("model: %s, %s parameters; training to step %d", cfg.model.__dict__,
                  f"{self.model.count_params():,}", total_steps)
         if self.parts > 1:

@@ -1,12 +1,14 @@
-"""Shared fixtures: the toy task, a small trained model, and running the command lines."""
+"""Shared fixtures: the toy task, a small trained model, running the command lines; a χ² test."""
 
 import fcntl
 import importlib.util
+import math
 import os
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,3 +159,28 @@ def assert_one_line_error(result, *fragments):
     assert len(errors) == 1, result.stderr
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
+
+
+def chi_square(counts, probs):
+    """Pearson's statistic of ``counts`` against ``probs``, bins of expected count below 5 merged;
+    returns (statistic, degrees of freedom)."""
+    expected = probs * counts.sum()
+    order = np.argsort(-expected)
+    kept = [i for i in order if expected[i] >= 5]
+    rest = [i for i in order if expected[i] < 5]
+    bins = [[i] for i in kept]
+    if rest:
+        if expected[rest].sum() >= 5 or not bins:
+            bins.append(rest)
+        else:
+            bins[-1] += rest
+    observed = np.array([counts[b].sum() for b in bins], float)
+    wanted = np.array([expected[b].sum() for b in bins])
+    with np.errstate(divide="ignore"):
+        statistic = np.sum(np.where(wanted > 0, (observed - wanted) ** 2 / wanted, np.where(observed > 0, np.inf, 0)))
+    return statistic, len(bins) - 1
+
+
+def chi_square_999(df):
+    """The 0.999 quantile of the χ² distribution (Wilson-Hilferty's approximation)."""
+    return df * (1 - 2 / (9 * df) + 3.0902 * math.sqrt(2 / (9 * df))) ** 3

@@ -1,6 +1,5 @@
 """Ensembles, scoring given translations and sampling, with the trained toy model."""
 
-import math
 import os
 import shutil
 
@@ -8,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import assert_one_line_error, run_main
+from conftest import assert_one_line_error, chi_square, chi_square_999, run_main
 from seq2seq.dataset import pad
 from seq2seq.ensemble import Ensemble
 from seq2seq.model import Seq2Seq
@@ -246,31 +245,6 @@ def test_n_samples_are_scored_by_the_model(trained_toy, files, tmp_path):
     # A sample's score is the model's (untempered) score of it, as --score gives it.
     np.testing.assert_allclose(scored("--model", trained_toy, "--input", str(sources), "--score", str(samples))[:, 1],
                                [float(line.split(" ||| ")[2]) for line in lines], atol=2e-4)
-
-
-def chi_square(counts, probs):
-    """Pearson's statistic of ``counts`` against ``probs``, bins of expected count below 5 merged;
-    returns (statistic, degrees of freedom)."""
-    expected = probs * counts.sum()
-    order = np.argsort(-expected)
-    kept = [i for i in order if expected[i] >= 5]
-    rest = [i for i in order if expected[i] < 5]
-    bins = [[i] for i in kept]
-    if rest:
-        if expected[rest].sum() >= 5 or not bins:
-            bins.append(rest)
-        else:
-            bins[-1] += rest
-    observed = np.array([counts[b].sum() for b in bins], float)
-    wanted = np.array([expected[b].sum() for b in bins])
-    with np.errstate(divide="ignore"):
-        statistic = np.sum(np.where(wanted > 0, (observed - wanted) ** 2 / wanted, np.where(observed > 0, np.inf, 0)))
-    return statistic, len(bins) - 1
-
-
-def chi_square_999(df):
-    """The 0.999 quantile of the χ² distribution (Wilson-Hilferty's approximation)."""
-    return df * (1 - 2 / (9 * df) + 3.0902 * math.sqrt(2 / (9 * df))) ** 3
 
 
 @pytest.mark.parametrize("topk, temperature", [(0, 2.0), (4, 1.0)])
