@@ -144,8 +144,9 @@ def encoded_dataset(corpus, tokenizer, max_length, sampling_alpha=0.0, nbest_siz
         keep = (source_lengths <= max_length) & (target_lengths <= max_length)
         return tf.ragged.boolean_mask(source_ids, keep), tf.ragged.boolean_mask(target_ids, keep)
 
-    # One seed a chunk, another sequence of them at each iteration.
-    seeds = tf.data.Dataset.random(seed, rerandomize_each_iteration=True)
+    # One seed a chunk for the samplers, another sequence of them at each iteration.
+    seeds = (tf.data.Dataset.random(seed, rerandomize_each_iteration=True) if sampled
+             else tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat())
     return tf.data.Dataset.zip(seeds, _line_chunks(corpus)).map(chunk).unbatch().map(
         lambda source, target: (tf.ensure_shape(source, [None]), tf.ensure_shape(target, [None])))
 
