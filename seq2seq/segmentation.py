@@ -39,10 +39,14 @@ def samplers(tokenizer, sampling_alpha, nbest_size):
     """The source and target samplers of a ``Tokenizer``'s models: functions ``(lines string [n],
     seed int64 [2]) -> int32 ragged [n, (pieces)]``, an ``NBestSampler``'s where ``seeded``, else
     tensorflow-text's op, which ignores the seed."""
+    def sampler(path, op):
+        if seeded(path, nbest_size):
+            return NBestSampler(path, nbest_size, sampling_alpha).tokenize
+        return lambda lines, seed: op.tokenize(lines)
+
     ops = tokenizer.in_graph(sampling_alpha, nbest_size)
-    paths = (tokenizer.source_model_path, tokenizer.target_model_path)
-    return [NBestSampler(path, nbest_size, sampling_alpha).tokenize if seeded(path, nbest_size)
-            else (lambda lines, seed, op=op: op.tokenize(lines)) for path, op in zip(paths, ops)]
+    source = sampler(tokenizer.source_model_path, ops[0])
+    return source, source if tokenizer.target is tokenizer.source else sampler(tokenizer.target_model_path, ops[1])
 
 
 def piece_log_probs(model_path):
