@@ -29,24 +29,27 @@ def _model_proto(model_path):
 def seeded(model_path, nbest_size):
     """Whether ``NBestSampler`` samples this SentencePiece model's segmentations (a unigram model,
     ``nbest_size`` 2 or more); else tensorflow-text's op does, without a seed."""
-    from sentencepiece import sentencepiece_model_pb2
-
-    return nbest_size >= 2 and _model_proto(model_path).trainer_spec.model_type == \
-        sentencepiece_model_pb2.TrainerSpec.UNIGRAM
+    if nbest_size < 2:
+        return False
+    spec = _model_proto(model_path).trainer_spec
+    return spec.model_type == spec.UNIGRAM
 
 
 def samplers(tokenizer, sampling_alpha, nbest_size):
     """The source and target samplers of a ``Tokenizer``'s models: functions ``(lines string [n],
     seed int64 [2]) -> int32 ragged [n, (pieces)]``, an ``NBestSampler``'s where ``seeded``, else
     tensorflow-text's op, which ignores the seed."""
-    def sampler(path, op):
-        if seeded(path, nbest_size):
-            return NBestSampler(path, nbest_size, sampling_alpha).tokenize
-        return lambda lines, seed: op.tokenize(lines)
+    paths = (tokenizer.source_model_path, tokenizer.target_model_path)
+    if not all(seeded(path, nbest_size) for path in paths):
+        ops = tokenizer.in_graph(sampling_alpha, nbest_size)  # made only where one side needs them
 
-    ops = tokenizer.in_graph(sampling_alpha, nbest_size)
-    source = sampler(tokenizer.source_model_path, ops[0])
-    return source, source if tokenizer.target is tokenizer.source else sampler(tokenizer.target_model_path, ops[1])
+    def sampler(side):
+        if seeded(paths[side], nbest_size):
+            return NBestSampler(paths[side], nbest_size, sampling_alpha).tokenize
+        return lambda lines, seed: ops[side].tokenize(lines)
+
+    source = sampler(0)
+    return source, source if tokenizer.target is tokenizer.source else sampler(1)
 
 
 def piece_log_probs(model_path):
