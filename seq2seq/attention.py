@@ -42,7 +42,7 @@ class BahdanauAttention(keras.layers.Layer):
         without ``bfloat16`` (the Keras layer computes)."""
         return precision.kernel(self.query_projection.kernel, True) if self.bfloat16 else None
 
-    def call(self, query, keys, values, source_mask, query_kernel=None):
+    def call(self, query, keys, values, source_mask, query_kernel=None, probes=None):
         """Attends ``query`` over the source.
 
         Args:
@@ -52,6 +52,8 @@ class BahdanauAttention(keras.layers.Layer):
           values: float [batch, src_len, value_dim], the encoder outputs.
           source_mask: bool [batch, src_len], False at source padding.
           query_kernel: ``query_kernel()``, made once before a time loop (default: made here).
+          probes: for one step of a probed time loop (``seq2seq.loop_products``), a dict of
+            ``query`` and ``context`` probes added to the query projection and to the context.
         Returns:
           context: float [batch, tgt_len, value_dim] (for one step [batch, value_dim]), the
             weighted sum of ``values``.
@@ -61,10 +63,12 @@ class BahdanauAttention(keras.layers.Layer):
         # New axes by expand_dims, not by indexing with None: a strided slice's gradient
         # scatters into a zero tensor of the whole input's shape, at every step of a time loop.
         step = query.shape.rank == 2
-        if self.bfloat16:
+        if query_kernel is not None or self.bfloat16:
             projected = precision.matmul(query, self.query_kernel() if query_kernel is None else query_kernel)
         else:
             projected = self.query_projection(query)  # [batch, (tgt_len,) units]
+        if probes is not None:
+            projected += probes["query"]
         if step:
             hidden = tf.tanh(tf.expand_dims(projected, 1) + keys)  # [batch, src_len, units]
         else:
@@ -73,7 +77,8 @@ class BahdanauAttention(keras.layers.Layer):
         mask = source_mask if step else tf.expand_dims(source_mask, 1)
         weights = tf.nn.softmax(tf.where(mask, scores, tf.cast(-1e9, scores.dtype)), axis=-1)
         if step:
-            return tf.squeeze(tf.matmul(tf.expand_dims(weights, 1), values), 1), weights
+            context = tf.squeeze(tf.matmul(tf.expand_dims(weights, 1), values), 1)
+            return context if probes is None else context + probes["context"], weights
         return tf.matmul(weights, values), weights
 
     def get_config(self):

@@ -8,8 +8,9 @@ recurrent decoder.
 
 With input feeding the decoder runs step by step, through the same step function that search
 uses; training embeds all the steps' input tokens, projects them for the first recurrent layer
-and draws every step's dropout masks before the time loop. The kernels a step multiplies by
-are made once before a time loop (``Decoder.step_weights``).
+and draws every step's dropout masks before the time loop, and makes the loop's weight
+gradients after it (``seq2seq.loop_products``). The kernels a step multiplies by are made once
+before a time loop (``Decoder.step_weights``).
 """
 
 import functools
@@ -19,6 +20,7 @@ import tensorflow as tf
 
 from seq2seq import precision, recurrent
 from seq2seq.attention import BahdanauAttention
+from seq2seq.loop_products import LoopProducts, Product, stopped
 from seq2seq.layers import GateNorm, WordDropout, call_with_weights, drops_after, embedding, rnn_layer, track
 from seq2seq.output import OutputProjection, TiedOutput
 from seq2seq.precision import resolve_bfloat16
@@ -103,15 +105,17 @@ class Decoder(keras.layers.Layer):
                      if self.dropout_placement == "attention_input" else None)
         return {"rnn": rnn, "attention": attention}
 
-    def _attend(self, outputs, memory, training=False, weights=None, beam=1, mask=None):
+    def _attend(self, outputs, memory, training=False, weights=None, beam=1, mask=None, loop=None):
         """outputs: [batch, (tgt_len,) units] -> attentional vectors [batch, (tgt_len,) units], the
         attention weights [batch, (tgt_len,) src_len]. ``weights``: ``step_weights()``, made once
         before a time loop (default: made here). ``beam``: one step's rows come in groups of
         ``beam`` consecutive rows that share one source, the memory holding one row per group.
-        ``mask``: the step's dropout mask of the attentional layer's input (``_step_masks``)."""
+        ``mask``: the step's dropout mask of the attentional layer's input (``_step_masks``).
+        ``loop``: a step of a probed loop (``_step_projected``)."""
         weights = self._attention_weights() if weights is None else weights
         attend = (self.attention if weights["query"] is None else
-                  functools.partial(call_with_weights, self.attention, query_kernel=weights["query"]))
+                  functools.partial(call_with_weights, self.attention, query_kernel=weights["query"],
+                                    probes=loop and loop["probes"]))
         if beam > 1:  # a group's queries attend together: [groups, beam, units]
             grouped = tf.reshape(outputs, [-1, beam, outputs.shape[-1]])
             context, attention = attend(grouped, memory["keys"], memory["values"], memory["mask"])
@@ -124,7 +128,11 @@ class Decoder(keras.layers.Layer):
             combined = self.attention_dropout(combined, training=training) if mask is None else combined * mask
         if weights["combine"] is None:
             return self.combine(combined), attention
-        return tf.tanh(precision.matmul(combined, weights["combine"])), attention
+        product = precision.matmul(combined, weights["combine"])
+        if loop:
+            loop["inputs"].update(query=outputs, combine=combined, context=attention)
+            product += loop["probes"]["combine"]
+        return tf.tanh(product), attention
 
     def logits(self, attentional, training=False, kernel=None):
         """attentional: [..., units] -> logits [..., output size] (``Seq2Seq.output_index``);
@@ -201,24 +209,35 @@ class Decoder(keras.layers.Layer):
             weights["recurrent"] = [precision.kernel(rnn.cell.recurrent_kernel, True) for rnn in self.rnns]
         return weights
 
-    def _step_projected(self, projected, state, memory, training, weights=None, beam=1, masks=None):
+    def _step_projected(self, projected, state, memory, training, weights=None, beam=1, masks=None, loop=None):
         """``step`` from the embedded token's projection [batch, gates * units] (``_project_embedded``).
         ``weights``: ``step_weights()``, made once before a time loop (default: made here).
-        ``masks``: the step's dropout masks, ``_step_masks`` read at the step (default: drawn here)."""
+        ``masks``: the step's dropout masks, ``_step_masks`` read at the step (default: drawn here).
+        ``loop``: in a probed time loop (``_call_stepwise``), a dict of the step's ``probes``
+        (``LoopProducts.probes``) and ``inputs``, which the step fills with its products' inputs."""
         masks = masks or {"rnn": [None] * len(self.rnns), "attention": None}
         weights = self.step_weights(projected.dtype) if weights is None else weights
+        probes = loop["probes"] if loop else {}
+        if loop:
+            loop["inputs"].update({f"recurrent_{i}": layer_state[0] for i, layer_state in enumerate(state["rnn"])})
         if self.input_feeding:
             with tf.name_scope("input_feed"):
                 projected += precision.matmul(state["feed"], weights["feed"])
+                if loop:
+                    loop["inputs"]["feed"] = state["feed"]
+                    projected += probes["feed"]
         new_rnn_state, x = [], None  # x: the previous layer's output
         for i, (rnn, layer_state) in enumerate(zip(self.rnns, state["rnn"])):
             if i > 0:
                 projected = recurrent.project_inputs(rnn.cell, x, weights["input"][i])
+                if loop:
+                    loop["inputs"][f"input_{i}"] = x
+                    projected += probes[f"input_{i}"]
             x, cell_state = recurrent.cell_step(rnn.cell, projected, list(layer_state), self.norms[i],
-                                                weights["recurrent"][i])
+                                                weights["recurrent"][i], probes.get(f"recurrent_{i}"))
             new_rnn_state.append(cell_state)
             x = self._rnn_dropout(i, x, training, masks["rnn"][i])
-        attentional, attention = self._attend(x, memory, training, weights, beam, masks["attention"])
+        attentional, attention = self._attend(x, memory, training, weights, beam, masks["attention"], loop)
         return attentional, {"rnn": new_rnn_state, "feed": attentional}, attention
 
     def call(self, target_in, state, memory, training=False):
@@ -248,7 +267,7 @@ class Decoder(keras.layers.Layer):
             if i > 0:
                 projected = recurrent.project_inputs(rnn.cell, x, bfloat16=self.bfloat16)
             x, _ = recurrent.run(rnn.cell, projected, initial_states=list(layer_state), norms=self.norms[i],
-                                 bfloat16=self.bfloat16)
+                                 bfloat16=self.bfloat16, training=bool(training))
             x = self._rnn_dropout(i, x, training)
         return self._attend(x, memory, training)
 
@@ -257,21 +276,56 @@ class Decoder(keras.layers.Layer):
         # for every step before the loop and read from a TensorArray: in the loop, the
         # backward pass of a lookup, or of a slice of a tensor from outside the loop, makes a
         # dense gradient of that whole tensor at every step, summed over the steps.
-        steps = tf.shape(projected)[1]
+        steps, batch = tf.shape(projected)[1], tf.shape(projected)[0]
         inputs = tf.TensorArray(projected.dtype, size=steps).unstack(tf.transpose(projected, [1, 0, 2]))
-        masks = self._step_masks(steps, tf.shape(projected)[0], memory["values"].shape[-1], training)
+        masks = self._step_masks(steps, batch, memory["values"].shape[-1], training)
+        products = None
+        if training:  # the loop multiplies by kernels whose gradients ``products`` makes after it
+            products, kernels = self._loop_products(steps, batch, memory, projected.dtype)
+            step_weights = {**step_weights, **kernels}
+            memory = {**memory, "values": tf.stop_gradient(memory["values"])}
         outputs = tf.TensorArray(self.compute_dtype, size=steps)
         weights = tf.TensorArray(self.compute_dtype, size=steps)
+        recorded = products.arrays() if products else {}
 
-        def body(t, state, outputs, weights):
+        def body(t, state, outputs, weights, recorded):
             step_masks = masks and tf.nest.map_structure(lambda mask: mask if mask is None else mask.read(t), masks)
-            attentional, state, w = self._step_projected(inputs.read(t), state, memory, training, step_weights,
-                                                         masks=step_masks)
-            return t + 1, state, outputs.write(t, attentional), weights.write(t, w)
+            loop = {"probes": products.probes(t), "inputs": {}} if products else None
+            attentional, new_state, w = self._step_projected(inputs.read(t), state, memory, training, step_weights,
+                                                             masks=step_masks, loop=loop)
+            if products:
+                recorded = products.record(recorded, t, loop["inputs"])
+            return t + 1, new_state, outputs.write(t, attentional), weights.write(t, w), recorded
 
-        _, _, outputs, weights = tf.while_loop(
-            lambda t, *_: t < steps, body, (tf.constant(0), state, outputs, weights))
+        _, _, outputs, weights, recorded = tf.while_loop(
+            lambda t, *_: t < steps, body, (tf.constant(0), state, outputs, weights, recorded))
+        if products:
+            products.finish(recorded)
         return tf.transpose(outputs.stack(), [1, 0, 2]), tf.transpose(weights.stack(), [1, 0, 2])
+
+    def _loop_products(self, steps, batch, memory, dtype):
+        """The teacher-forced time loop's ``LoopProducts`` (``seq2seq.loop_products``) and the
+        ``step_weights`` entries the loop multiplies by instead: its kernels, gradients stopped."""
+        gates = self.rnns[0].cell.recurrent_kernel.shape[-1]
+        weights = {"query": self.attention.query_projection.kernel, "combine": self.combine.kernel}
+        sizes = {"query": self.attention_units, "combine": self.units}
+        if self.input_feeding:
+            first = self.rnns[0].cell.kernel
+            weights["feed"] = tf.split(first, [self.embedding_dim, first.shape[0] - self.embedding_dim])[1]
+            sizes["feed"] = gates
+        for i, rnn in enumerate(self.rnns):
+            weights[f"recurrent_{i}"], sizes[f"recurrent_{i}"] = rnn.cell.recurrent_kernel, gates
+            if i > 0:
+                weights[f"input_{i}"], sizes[f"input_{i}"] = rnn.cell.kernel, gates
+        products = {name: Product(tf.convert_to_tensor(weight), "matrix", [batch, sizes[name]])
+                    for name, weight in weights.items()}
+        products["context"] = Product(memory["values"], "memory", [batch, memory["values"].shape[-1]])
+        kernels = {name: stopped(product.weight, self.bfloat16, dtype) for name, product in products.items()
+                   if product.kind == "matrix"}
+        return LoopProducts(products, steps, dtype, self.bfloat16), {
+            "query": kernels["query"], "combine": kernels["combine"], "feed": kernels.get("feed"),
+            "recurrent": [kernels[f"recurrent_{i}"] for i in range(self.num_layers)],
+            "input": [None] + [kernels[f"input_{i}"] for i in range(1, self.num_layers)]}
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim,

@@ -53,7 +53,7 @@ class Encoder(keras.layers.Layer):
             norm.build()
         self.built = True
 
-    def _run_rnn(self, rnn, x, mask, norms):
+    def _run_rnn(self, rnn, x, mask, norms, training=False):
         """One (bidirectional) layer over the sequence: x [batch, src_len, features] -> [batch,
         src_len, output_dim], both directions in one time loop (Keras's layer on a GPU, for cuDNN,
         unless layer-normalized); ``norms``: the layer's GateNorms or None."""
@@ -62,9 +62,10 @@ class Encoder(keras.layers.Layer):
         if self.bidirectional:
             cells = [rnn.forward_layer.cell, rnn.backward_layer.cell]
             return recurrent.run(cells, [recurrent.project_inputs(cell, x, bfloat16=self.bfloat16) for cell in cells],
-                                 mask, norms=norms, bfloat16=self.bfloat16)[0]
+                                 mask, norms=norms, bfloat16=self.bfloat16, training=bool(training))[0]
         return recurrent.run(rnn.cell, recurrent.project_inputs(rnn.cell, x, bfloat16=self.bfloat16), mask,
-                             norms=None if norms is None else norms[0], bfloat16=self.bfloat16)[0]
+                             norms=None if norms is None else norms[0], bfloat16=self.bfloat16,
+                             training=bool(training))[0]
 
     def call(self, source, training=False):
         """Encodes source ids.
@@ -78,7 +79,7 @@ class Encoder(keras.layers.Layer):
         mask = tf.not_equal(source, PAD_ID)
         x = self.dropouts[0](self.word_dropout(self.embedding(source), training=training), training=training)
         for i, (rnn, dropout) in enumerate(zip(self.rnns, self.dropouts[1:])):
-            x = self._run_rnn(rnn, x, mask, self.norms[i])
+            x = self._run_rnn(rnn, x, mask, self.norms[i], training)
             if drops_after(i, self.num_layers, self.dropout_placement):
                 x = dropout(x, training=training)
         x = x * tf.cast(mask, x.dtype)[:, :, None]

@@ -13,7 +13,8 @@ Keras's); these functions compute with them, with the same formulas as Keras's c
 
 Both directions of a bidirectional layer run in the same loop: their states are stacked on a
 leading axis of size 2 and multiplied by their stacked recurrent kernels in one batched matmul,
-the backward direction reading the time steps in reverse.
+the backward direction reading the time steps in reverse. In training the recurrent kernels'
+gradients are made after the loop, in one product (``seq2seq.loop_products``).
 
 With layer normalization (Ba et al. 2016, §3.1; ``model.layer_norm``), a cell's input projection
 ``W x + b`` and its recurrent projection ``U h`` are each normalized gate by gate (each gate's
@@ -25,6 +26,7 @@ before the time loop where the whole input is known.
 import tensorflow as tf
 
 from seq2seq import precision
+from seq2seq.loop_products import LoopProducts, Product, stopped
 
 _KINDS = {"GRUCell": "gru", "LSTMCell": "lstm", "SimpleRNNCell": "rnn"}
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # blocks of ``units`` in a projection
@@ -103,7 +105,7 @@ def normalize_inputs(norm, projected):
     return layer_norm(projected, norm.input_scale, norm.input_shift, norm.gates)
 
 
-def step(kind, projected, states, kernel, bias=None, norm=None):
+def step(kind, projected, states, kernel, bias=None, norm=None, probe=None):
     """One step of the recurrence from the step's projected input.
 
     Args:
@@ -115,6 +117,7 @@ def step(kind, projected, states, kernel, bias=None, norm=None):
       bias: the GRU's recurrent bias, float [..., 1, 3 * units] or [3 * units]; else None.
       norm: None, or the recurrent projection's layer normalization ``(scale, shift)``, each float
         [..., 1, gates * units] or [gates * units].
+      probe: a ``LoopProducts`` probe added to the recurrent product, or None.
     Returns:
       output: float [..., batch, units], the new h.
       states: the new states.
@@ -122,6 +125,8 @@ def step(kind, projected, states, kernel, bias=None, norm=None):
     with tf.name_scope("recurrent_step"):  # the name profiles group by (seq2seq/profiling.py)
         h = states[0]
         inner = tf.cast(tf.matmul(tf.cast(h, kernel.dtype), kernel), h.dtype)
+        if probe is not None:
+            inner += probe
         if norm is not None:
             inner = layer_norm(inner, *norm, GATES[kind])
         if kind == "gru":
@@ -141,25 +146,25 @@ def step(kind, projected, states, kernel, bias=None, norm=None):
         return h, [h]
 
 
-def cell_step(cell, projected, states, norm=None, kernel=None):
+def cell_step(cell, projected, states, norm=None, kernel=None, probe=None):
     """``step`` with one cell's own recurrent weights: projected [batch, gates * units], the
     input projection (``project_inputs``); ``norm``: the cell's ``GateNorm``, or None;
     ``kernel``: the cell's recurrent kernel as ``precision.kernel`` made it before a time loop
-    (default: the kernel in projected's dtype)."""
+    (default: the kernel in projected's dtype); ``probe``: as in ``step``."""
     kind = cell_kind(cell)
     dtype = projected.dtype
     bias = recurrent_bias(cell)
     kernel = tf.cast(cell.recurrent_kernel, dtype) if kernel is None else kernel
     return step(kind, normalize_inputs(norm, projected), states, kernel,
                 None if bias is None else tf.cast(bias, dtype),
-                None if norm is None else (norm.recurrent_scale, norm.recurrent_shift))
+                None if norm is None else (norm.recurrent_scale, norm.recurrent_shift), probe)
 
 
 def _time_major(x):
     return tf.transpose(x, [1, 0] + list(range(2, x.shape.rank)))
 
 
-def run(cells, projected, mask=None, initial_states=None, norms=None, bfloat16=False):
+def run(cells, projected, mask=None, initial_states=None, norms=None, bfloat16=False, training=False):
     """Runs one or two directions of a recurrent layer over a whole sequence.
 
     Args:
@@ -171,6 +176,8 @@ def run(cells, projected, mask=None, initial_states=None, norms=None, bfloat16=F
         for LSTM); default zeros (always zeros for two cells).
       norms: None, or each cell's ``GateNorm`` (as ``cells``: one, or two).
       bfloat16: the recurrent matmuls in bfloat16 (seq2seq/precision.py).
+      training: the loop is differentiated: the recurrent kernels' gradients are made after it
+        (``seq2seq.loop_products``).
     Returns:
       outputs: float [batch, time, units], or [batch, time, 2 * units] for two cells (forward,
         then backward outputs, each at its own time step); undefined at padding.
@@ -191,7 +198,8 @@ def run(cells, projected, mask=None, initial_states=None, norms=None, bfloat16=F
     masks = [_time_major(mask)] + ([tf.reverse(_time_major(mask), [0])] if two else [])
     masks = tf.stack(masks, 1)[..., None]
     # [directions, units, gates * units]
-    kernel = tf.stack([precision.kernel(c.recurrent_kernel, bfloat16, dtype) for c in cells])
+    weight = tf.stack([tf.convert_to_tensor(c.recurrent_kernel) for c in cells])
+    kernel = stopped(weight, bfloat16, dtype) if training else precision.kernel(weight, bfloat16, dtype)
     bias = None
     if kind == "gru":
         bias = tf.stack([tf.cast(recurrent_bias(c), dtype) for c in cells])[:, None, :]
@@ -205,17 +213,28 @@ def run(cells, projected, mask=None, initial_states=None, norms=None, bfloat16=F
         states = [zeros, zeros] if kind == "lstm" else [zeros]
     else:
         states = [tf.expand_dims(tf.cast(s, dtype), 0) for s in initial_states]
+    products = None
+    if training:
+        shape = [len(cells), tf.shape(inputs)[2], inputs.shape[-1]]
+        products = LoopProducts({"recurrent": Product(weight, "stacked", shape)}, steps, dtype, bfloat16)
     input_array = tf.TensorArray(dtype, size=steps).unstack(inputs)
     mask_array = tf.TensorArray(tf.bool, size=steps).unstack(masks)
     outputs = tf.TensorArray(dtype, size=steps)
+    recorded = products.arrays() if products else {}
 
-    def body(t, states, outputs):
+    def body(t, states, outputs, recorded):
         keep = mask_array.read(t)
-        output, new_states = step(kind, input_array.read(t), states, kernel, bias, norm)
+        probe = products.probes(t)["recurrent"] if products else None
+        output, new_states = step(kind, input_array.read(t), states, kernel, bias, norm, probe)
+        if products:
+            recorded = products.record(recorded, t, {"recurrent": states[0]})
         states = [tf.where(keep, new, old) for new, old in zip(new_states, states)]
-        return t + 1, states, outputs.write(t, output)
+        return t + 1, states, outputs.write(t, output), recorded
 
-    _, states, outputs = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), states, outputs))
+    _, states, outputs, recorded = tf.while_loop(lambda t, *_: t < steps, body,
+                                                 (tf.constant(0), states, outputs, recorded))
+    if products:
+        products.finish(recorded)
     # Unstacked, not indexed: a strided slice's gradient is a scatter into zeros of the whole shape.
     outputs = tf.unstack(outputs.stack(), num=len(cells), axis=1)  # directions × [time, batch, units]
     forward = _time_major(outputs[0])

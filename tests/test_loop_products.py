@@ -1,0 +1,92 @@
+"""Training's time loops make their products' weight gradients after the loop
+(``seq2seq.loop_products``): the gradients equal the loops' own autodiff, and none of those
+weights' gradients comes out of a time loop's backward pass."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from seq2seq.config import ModelConfig
+from seq2seq.model import Seq2Seq
+from seq2seq.optimization import sequence_loss
+
+FLOAT32 = {"output_bfloat16": False, "recurrent_bfloat16": False}
+VARIANTS = {
+    "gru, input feeding (the reference architecture)": {"dropout_placement": "attention_input"},
+    "gru, layer normalization, dropout after the recurrent layers": {"layer_norm": True,
+                                                                     "dropout_placement": "all_outputs"},
+    "lstm, 2 layers each side": {"cell": "lstm", "encoder_layers": 2, "decoder_layers": 2},
+    "rnn, no input feeding, 2 decoder layers": {"cell": "rnn", "input_feeding": False, "decoder_layers": 2},
+}
+
+
+def _model(**options):
+    config = ModelConfig(embedding_dim=8, units=12, attention_units=10, dropout=0.0, **options)
+    return Seq2Seq.from_config_section(config, 40, 40)
+
+
+def _batch():
+    source = tf.constant([[5, 9, 11, 3, 2], [7, 8, 2, 0, 0], [4, 2, 0, 0, 0]])
+    target = tf.constant([[6, 12, 13, 2], [9, 2, 0, 0], [14, 15, 16, 2]])
+    return source, target
+
+
+def _gradients(model, training):
+    """The token loss's gradients, with the training path (``training``; no dropout here, so the
+    forward pass is the same) or the loops' own autodiff (not training)."""
+    source, target = _batch()
+    variables = model.trainable_variables
+
+    @tf.function(autograph=False)
+    def gradients():
+        with tf.GradientTape() as tape:
+            loss, _ = sequence_loss(model, source, target, training, 0.1)
+        return tape.gradient(loss, variables)
+
+    return [tf.convert_to_tensor(g).numpy() for g in gradients()]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_gradients_equal_the_loops_own(variant):
+    model = _model(**VARIANTS[variant], **FLOAT32)
+    expected, actual = _gradients(model, False), _gradients(model, True)
+    for variable, e, a in zip(model.trainable_variables, expected, actual, strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-6 * np.abs(e).max(), err_msg=variable.path)
+
+
+def test_bfloat16_gradients_within_rounding():
+    """With bfloat16 products the steps' gradients are summed in float32 rather than rounded to
+    bfloat16 step by step: equal to within bfloat16's precision (8 bits)."""
+    model = _model(output_bfloat16=True, recurrent_bfloat16=True)
+    expected, actual = _gradients(model, False), _gradients(model, True)
+    for variable, e, a in zip(model.trainable_variables, expected, actual, strict=True):
+        np.testing.assert_allclose(a, e, atol=2e-2 * np.abs(e).max(), err_msg=variable.path)
+
+
+def _producer(tensor):
+    """The op that makes ``tensor``, past identities and casts."""
+    op = tensor.op
+    while op.type in ("Identity", "Cast", "IdentityN"):
+        op = op.inputs[0].op if op.type != "IdentityN" else op.inputs[list(op.outputs).index(tensor)].op
+        tensor = op.outputs[0]
+    return op
+
+
+def test_no_loop_weight_gradient_comes_out_of_a_loop():
+    model = _model(**VARIANTS["gru, input feeding (the reference architecture)"], **FLOAT32)
+    source, target = _batch()
+    variables = model.trainable_variables
+
+    def gradients(source, target):
+        with tf.GradientTape() as tape:
+            loss, _ = sequence_loss(model, source, target, True, 0.1)
+        return tape.gradient(loss, variables)
+
+    outputs = tf.function(gradients, autograph=False).get_concrete_function(source, target).structured_outputs
+    in_loops = ("recurrent_kernel", "query_projection/kernel", "combine/kernel")
+    checked = 0
+    for variable, gradient in zip(variables, outputs, strict=True):
+        if variable.path.endswith(in_loops):
+            checked += 1
+            assert "While" not in _producer(gradient).type, variable.path
+    assert checked == 5  # two encoder directions, the decoder's recurrent, query and combine kernels
