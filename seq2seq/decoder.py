@@ -179,7 +179,16 @@ class Decoder(keras.layers.Layer):
             return {"query": None, "combine": None}
         return {"query": self.attention.query_kernel(), "combine": precision.kernel(self.combine.kernel, True)}
 
-    def step_weights(self, dtype=None, output_multiple=1):
+    def _first_rows(self):
+        """The first recurrent layer's input kernel as the rows the embedded token meets and,
+        with input feeding, the rows the input feed meets: one split, whose gradient is one
+        concatenation, where each of two slices' would be a whole kernel of zeros around its rows."""
+        first = self.rnns[0].cell.kernel  # [embedding_dim (+ units with input feeding), gates * units]
+        if not self.input_feeding:
+            return [first]
+        return tf.split(first, [self.embedding_dim, first.shape[0] - self.embedding_dim])
+
+    def step_weights(self, dtype=None, output_multiple=1, first_rows=None):
         """The kernels a decoding step multiplies by, cast once before a time loop (a cast in the
         loop would convert the whole matrix at every step); ``dtype``: the step's (default: the
         layer's compute dtype). A dict of
@@ -193,14 +202,12 @@ class Decoder(keras.layers.Layer):
           input, recurrent: lists, each recurrent layer's input kernel (None for the first, which
             ``_project_embedded`` feeds) and recurrent kernel;
           query: the attention's query projection; combine: the attentional layer's kernel.
+        ``first_rows``: ``_first_rows()``, where the caller has made them already.
         """
         layers, dtype = len(self.rnns), dtype or self.compute_dtype
         weights = {"output": self.output_projection.step_kernel(output_multiple), "feed": None, "input": [None] * layers,
                    "recurrent": [None] * layers, **self._attention_weights()}
-        # One split, not two slices: its gradient is one concatenation, where each slice's would
-        # be a whole kernel of zeros around the slice's rows, and the two summed.
-        first = self.rnns[0].cell.kernel  # [embedding_dim (+ units with input feeding), gates * units]
-        rows = tf.split(first, [self.embedding_dim, first.shape[0] - self.embedding_dim]) if self.input_feeding else [first]
+        rows = self._first_rows() if first_rows is None else first_rows
         weights["embedded"] = precision.kernel(rows[0], self.bfloat16, dtype)
         if self.input_feeding:
             weights["feed"] = precision.kernel(rows[1], self.bfloat16, dtype)
@@ -258,10 +265,11 @@ class Decoder(keras.layers.Layer):
                 x, *_ = rnn(x, initial_state=list(layer_state), training=training)
                 x = self._rnn_dropout(i, x, training)
             return self._attend(x, memory, training)
-        step_weights = self.step_weights(embedded.dtype)
+        first_rows = self._first_rows()
+        step_weights = self.step_weights(embedded.dtype, first_rows=first_rows)
         projected = self._project_embedded(embedded, step_weights["embedded"])  # [batch, tgt_len, gates * units]
         if self.input_feeding:
-            return self._call_stepwise(projected, state, memory, training, step_weights)
+            return self._call_stepwise(projected, state, memory, training, step_weights, first_rows[1])
         x = None  # the previous layer's output
         for i, (rnn, layer_state) in enumerate(zip(self.rnns, state["rnn"])):
             if i > 0:
@@ -271,7 +279,7 @@ class Decoder(keras.layers.Layer):
             x = self._rnn_dropout(i, x, training)
         return self._attend(x, memory, training)
 
-    def _call_stepwise(self, projected, state, memory, training, step_weights):
+    def _call_stepwise(self, projected, state, memory, training, step_weights, feed_rows=None):
         # The embeddings and their share of the first layer's input projection are computed
         # for every step before the loop and read from a TensorArray: in the loop, the
         # backward pass of a lookup, or of a slice of a tensor from outside the loop, makes a
@@ -281,7 +289,8 @@ class Decoder(keras.layers.Layer):
         masks = self._step_masks(steps, batch, memory["values"].shape[-1], training)
         products = None
         if training:  # the loop multiplies by kernels whose gradients ``products`` makes after it
-            products, kernels = self._loop_products(steps, batch, memory, projected.dtype)
+            feed_rows = self._first_rows()[1] if feed_rows is None else feed_rows
+            products, kernels = self._loop_products(steps, batch, memory, projected.dtype, feed_rows)
             step_weights = {**step_weights, **kernels}
             memory = {**memory, "values": tf.stop_gradient(memory["values"])}
         outputs = tf.TensorArray(self.compute_dtype, size=steps)
@@ -293,26 +302,26 @@ class Decoder(keras.layers.Layer):
             loop = {"probes": products.probes(t), "inputs": {}} if products else None
             attentional, new_state, w = self._step_projected(inputs.read(t), state, memory, training, step_weights,
                                                              masks=step_masks, loop=loop)
-            if products:
-                recorded = products.record(recorded, t, loop["inputs"])
+            if products:  # the attention weights are the context product's recorded inputs
+                return t + 1, new_state, outputs.write(t, attentional), weights, products.record(recorded, t, loop["inputs"])
             return t + 1, new_state, outputs.write(t, attentional), weights.write(t, w), recorded
 
         _, _, outputs, weights, recorded = tf.while_loop(
             lambda t, *_: t < steps, body, (tf.constant(0), state, outputs, weights, recorded))
         if products:
             products.finish(recorded)
+            return tf.transpose(outputs.stack(), [1, 0, 2]), tf.transpose(products.inputs("context"), [1, 0, 2])
         return tf.transpose(outputs.stack(), [1, 0, 2]), tf.transpose(weights.stack(), [1, 0, 2])
 
-    def _loop_products(self, steps, batch, memory, dtype):
+    def _loop_products(self, steps, batch, memory, dtype, feed_rows):
         """The teacher-forced time loop's ``LoopProducts`` (``seq2seq.loop_products``) and the
-        ``step_weights`` entries the loop multiplies by instead: its kernels, gradients stopped."""
+        ``step_weights`` entries the loop multiplies by instead: its kernels, gradients stopped.
+        ``feed_rows``: the input feed's rows of the first layer's input kernel (``_first_rows``)."""
         gates = self.rnns[0].cell.recurrent_kernel.shape[-1]
         weights = {"query": self.attention.query_projection.kernel, "combine": self.combine.kernel}
         sizes = {"query": self.attention_units, "combine": self.units}
         if self.input_feeding:
-            first = self.rnns[0].cell.kernel
-            weights["feed"] = tf.split(first, [self.embedding_dim, first.shape[0] - self.embedding_dim])[1]
-            sizes["feed"] = gates
+            weights["feed"], sizes["feed"] = feed_rows, gates
         for i, rnn in enumerate(self.rnns):
             weights[f"recurrent_{i}"], sizes[f"recurrent_{i}"] = rnn.cell.recurrent_kernel, gates
             if i > 0:

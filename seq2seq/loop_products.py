@@ -109,6 +109,10 @@ class LoopProducts:
         """Takes the recorded inputs (the loop's ``arrays`` after it), stacked [time, ...]."""
         self._inputs = {name: array.stack() for name, array in arrays.items()}
 
+    def inputs(self, name):
+        """A product's recorded inputs, stacked [time, ...] (after ``finish``)."""
+        return self._inputs[name]
+
 
 def stopped(weight, bfloat16, dtype):
     """A weight as a probed loop multiplies by it: in bfloat16 or ``dtype``, its gradient stopped."""
