@@ -27,6 +27,7 @@ import dataclasses
 
 import tensorflow as tf
 
+_BITS = {tf.float32: tf.int32, tf.bfloat16: tf.int16, tf.float16: tf.int16}  # a float type's integer of its width
 EINSUM = {"matrix": "tbi,tbo->io", "stacked": "tdbi,tdbo->dio", "memory": "tbs,tbv->bsv"}
 
 
@@ -94,8 +95,10 @@ class LoopProducts:
         return hook(*tensors)
 
     def arrays(self):
-        """The TensorArrays that record the products' inputs, one per product: a loop variable."""
-        return {name: tf.TensorArray(self.dtype, size=self.steps) for name in self.names}
+        """The TensorArrays that record the products' inputs, one per product: a loop variable.
+        They hold the inputs' bits as integers: a loop output of floats, which no gradient
+        reaches, would make the loop's gradient start from a list of zeros of its size."""
+        return {name: tf.TensorArray(_BITS[self.dtype], size=self.steps) for name in self.names}
 
     def probes(self, t):
         """Step ``t``'s zero probes, {name: float [output_shape]}."""
@@ -103,11 +106,12 @@ class LoopProducts:
 
     def record(self, arrays, t, inputs):
         """``arrays`` with step ``t``'s inputs written: ``inputs`` {name: x_t} for every product."""
-        return {name: arrays[name].write(t, tf.cast(inputs[name], self.dtype)) for name in self.names}
+        return {name: arrays[name].write(t, tf.bitcast(tf.cast(inputs[name], self.dtype), _BITS[self.dtype]))
+                for name in self.names}
 
     def finish(self, arrays):
         """Takes the recorded inputs (the loop's ``arrays`` after it), stacked [time, ...]."""
-        self._inputs = {name: array.stack() for name, array in arrays.items()}
+        self._inputs = {name: tf.bitcast(array.stack(), self.dtype) for name, array in arrays.items()}
 
     def inputs(self, name):
         """A product's recorded inputs, stacked [time, ...] (after ``finish``)."""

@@ -90,3 +90,34 @@ def test_no_loop_weight_gradient_comes_out_of_a_loop():
             checked += 1
             assert "While" not in _producer(gradient).type, variable.path
     assert checked == 5  # two encoder directions, the decoder's recurrent, query and combine kernels
+
+
+def test_the_recorded_inputs_give_the_backward_loops_no_lists_of_zeros():
+    """A float list that a loop writes and no gradient reaches makes the loop's gradient start
+    from a zero-filled copy of it (a ZerosLike of the whole list); the recorded inputs are kept
+    as integer bits, which no gradient is asked of."""
+    model = _model(**VARIANTS["gru, layer normalization, dropout after the recurrent layers"])
+    source, target = _batch()
+    variables = model.trainable_variables
+
+    def gradients(source, target):
+        with tf.GradientTape() as tape:
+            loss, _ = sequence_loss(model, source, target, True, 0.1)
+        return tape.gradient(loss, variables)
+
+    graph = tf.function(gradients, autograph=False).get_concrete_function(source, target).graph
+    loops = [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")
+             and not op.name.endswith("_grad")]
+    zeroed_writes = []
+    for loop in loops:
+        body = graph._get_function(loop.get_attr("body").name).graph
+        for output in loop.outputs:
+            made_by = body.outputs[output.value_index].op
+            while made_by.type == "Identity":
+                made_by = made_by.inputs[0].op
+            zeros = [c for c in output.consumers() if c.type == "ZerosLike"]
+            if made_by.type == "TensorListSetItem" and any(
+                    c.type in ("While", "StatelessWhile") for z in zeros for c in z.outputs[0].consumers()):
+                zeroed_writes.append(made_by.name)
+    assert len(loops) == 2  # the encoder's and the decoder's
+    assert zeroed_writes == [], zeroed_writes
