@@ -96,8 +96,7 @@ class LoopProducts:
 
     def arrays(self):
         """The TensorArrays that record the products' inputs, one per product: a loop variable.
-        They hold the inputs' bits as integers: a loop output of floats, which no gradient
-        reaches, would make the loop's gradient start from a list of zeros of its size."""
+        They hold the inputs' bits (``_bits``)."""
         return {name: tf.TensorArray(_BITS[self.dtype], size=self.steps) for name in self.names}
 
     def probes(self, t):
@@ -106,8 +105,7 @@ class LoopProducts:
 
     def record(self, arrays, t, inputs):
         """``arrays`` with step ``t``'s inputs written: ``inputs`` {name: x_t} for every product."""
-        return {name: arrays[name].write(t, tf.bitcast(tf.cast(inputs[name], self.dtype), _BITS[self.dtype]))
-                for name in self.names}
+        return {name: arrays[name].write(t, _bits(tf.cast(inputs[name], self.dtype))) for name in self.names}
 
     def finish(self, arrays):
         """Takes the recorded inputs (the loop's ``arrays`` after it), stacked [time, ...]."""
@@ -116,6 +114,13 @@ class LoopProducts:
     def inputs(self, name):
         """A product's recorded inputs, stacked [time, ...] (after ``finish``)."""
         return self._inputs[name]
+
+
+def _bits(x):
+    """A float tensor's bits as integers of its width, for a TensorArray that a time loop writes
+    and no gradient reaches: a list of floats would make the loop's backward pass start from a
+    zero-filled copy of it. ``tf.bitcast(_bits(x), x.dtype)`` is ``x``."""
+    return tf.bitcast(x, _BITS[x.dtype])
 
 
 def stopped(weight, bfloat16, dtype):
