@@ -6,6 +6,26 @@ import tensorflow as tf
 from seq2seq import precision
 
 
+def batched_matmul(x, y):
+    """``tf.matmul`` of x [batch, m, k] and y [batch, k, n] (float32: TensorFlow's BatchMatMulV3,
+    in its gradient too), for the attention's batches of small matrices (a row or a few each).
+
+    TensorFlow's oneDNN rewrite turns ``tf.matmul``'s BatchMatMulV2 into oneDNN's batched matmul,
+    whose set-up per call outweighs such products; it leaves BatchMatMulV3 to Eigen's kernel.
+    """
+    if x.dtype != tf.float32 or y.dtype != tf.float32:
+        return tf.matmul(x, y)
+
+    def matmul(a, b, adj_x=False, adj_y=False):
+        return tf.raw_ops.BatchMatMulV3(x=a, y=b, adj_x=adj_x, adj_y=adj_y, Tout=tf.float32)
+
+    @tf.custom_gradient
+    def product(x, y):
+        return matmul(x, y), lambda upstream: (matmul(upstream, y, adj_y=True), matmul(x, upstream, adj_x=True))
+
+    return product(x, y)
+
+
 class BahdanauAttention(keras.layers.Layer):
     """Additive attention: ``score(q, k) = vᵀ tanh(W₁ q + W₂ k)`` (Bahdanau et al., 2015, §A.1.2).
 
@@ -77,9 +97,9 @@ class BahdanauAttention(keras.layers.Layer):
         mask = source_mask if step else tf.expand_dims(source_mask, 1)
         weights = tf.nn.softmax(tf.where(mask, scores, tf.cast(-1e9, scores.dtype)), axis=-1)
         if step:
-            context = tf.squeeze(tf.matmul(tf.expand_dims(weights, 1), values), 1)
+            context = tf.squeeze(batched_matmul(tf.expand_dims(weights, 1), values), 1)
             return context if probes is None else context + probes["context"], weights
-        return tf.matmul(weights, values), weights
+        return batched_matmul(weights, values), weights
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "bfloat16": self.bfloat16}

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from seq2seq.attention import batched_matmul
 from seq2seq.layers import WordDropout
 from seq2seq.model import BahdanauAttention, Encoder, Seq2Seq
 from seq2seq.optimization import sequence_loss
@@ -56,6 +57,25 @@ def test_attention_of_one_step_equals_each_position_of_a_sequence():
         assert step_context.shape == (2, 4) and step_weights.shape == (2, 5)
         np.testing.assert_allclose(step_context, context[:, t], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(step_weights, weights[:, t], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shapes", [([4, 1, 6], [4, 6, 5]), ([3, 2, 7], [3, 7, 9])])
+def test_the_attentions_batched_matmul_is_tf_matmul_through_eigens_kernel(shapes):
+    x, y = (tf.random.stateless_normal(shape, [i, 1]) for i, shape in enumerate(shapes))
+    upstream = tf.random.stateless_normal([shapes[0][0], shapes[0][1], shapes[1][2]], [9, 1])
+
+    def gradients(product):
+        with tf.GradientTape() as tape:
+            tape.watch([x, y])
+            z = product(x, y)
+            loss = tf.reduce_sum(z * upstream)
+        return [z, *tape.gradient(loss, [x, y])]
+
+    for got, expected in zip(gradients(batched_matmul), gradients(tf.matmul), strict=True):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+    graph = tf.function(lambda x, y: gradients(batched_matmul), autograph=False).get_concrete_function(x, y).graph
+    kinds = [op.type for op in graph.get_operations() if "MatMul" in op.type]
+    assert kinds == ["BatchMatMulV3"] * 3  # the product and both gradients: none that oneDNN rewrites
 
 
 def test_encoder_output_is_zero_at_padding_and_ignores_padding_length():
