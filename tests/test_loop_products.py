@@ -72,17 +72,22 @@ def _producer(tensor):
     return op
 
 
-def test_no_loop_weight_gradient_comes_out_of_a_loop():
-    model = _model(**VARIANTS["gru, input feeding (the reference architecture)"], **FLOAT32)
+def _traced_gradients(model):
+    """The training path's gradients of the token loss on ``_batch()``, traced (a concrete function)."""
     source, target = _batch()
-    variables = model.trainable_variables
 
     def gradients(source, target):
         with tf.GradientTape() as tape:
             loss, _ = sequence_loss(model, source, target, True, 0.1)
-        return tape.gradient(loss, variables)
+        return tape.gradient(loss, model.trainable_variables)
 
-    outputs = tf.function(gradients, autograph=False).get_concrete_function(source, target).structured_outputs
+    return tf.function(gradients, autograph=False).get_concrete_function(source, target)
+
+
+def test_no_loop_weight_gradient_comes_out_of_a_loop():
+    model = _model(**VARIANTS["gru, input feeding (the reference architecture)"], **FLOAT32)
+    variables = model.trainable_variables
+    outputs = _traced_gradients(model).structured_outputs
     in_loops = ("recurrent_kernel", "query_projection/kernel", "combine/kernel")
     checked = 0
     for variable, gradient in zip(variables, outputs, strict=True):
@@ -98,15 +103,7 @@ def test_the_recorded_inputs_give_the_backward_loops_no_lists_of_zeros():
     which no gradient is asked of."""
     model = Seq2Seq.from_config_section(ModelConfig(embedding_dim=8, units=12, attention_units=10, dropout=0.3,
                                                     dropout_placement="all_outputs", decoder_layers=2), 40, 40)
-    source, target = _batch()
-    variables = model.trainable_variables
-
-    def gradients(source, target):
-        with tf.GradientTape() as tape:
-            loss, _ = sequence_loss(model, source, target, True, 0.1)
-        return tape.gradient(loss, variables)
-
-    graph = tf.function(gradients, autograph=False).get_concrete_function(source, target).graph
+    graph = _traced_gradients(model).graph
     loops = [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")
              and not op.name.endswith("_grad")]
     zeroed = []
