@@ -256,7 +256,8 @@ class Decoder(keras.layers.Layer):
           memory: as in ``step``.
         Returns:
           attentional: float [batch, tgt_len, units].
-          weights: float [batch, tgt_len, src_len].
+          weights: float [batch, tgt_len, src_len]; in training with input feeding they carry
+            no gradient (the loop products record them as bits, ``seq2seq.loop_products``).
         """
         embedded = self._embed(target_in, training)
         if recurrent.fused_kernel_available() and not (self.input_feeding or self.layer_norm):  # Keras's, in cuDNN
