@@ -21,7 +21,7 @@ import tensorflow as tf
 from seq2seq import precision, recurrent
 from seq2seq.attention import BahdanauAttention
 from seq2seq.loop_products import LoopProducts, Product, stopped
-from seq2seq.layers import GateNorm, WordDropout, call_with_weights, drops_after, embedding, rnn_layer, track
+from seq2seq.layers import Dropout, GateNorm, WordDropout, call_with_weights, drops_after, embedding, rnn_layer, track
 from seq2seq.output import OutputProjection, TiedOutput
 from seq2seq.precision import resolve_bfloat16
 
@@ -53,11 +53,11 @@ class Decoder(keras.layers.Layer):
         self.layer_norm = layer_norm  # each recurrent cell's projections layer-normalized (seq2seq.recurrent)
         self.norms = (track(self, "norm", [GateNorm(recurrent.GATES[cell], units, name=f"norm_{i}")
                                            for i in range(num_layers)]) if layer_norm else [None] * num_layers)
-        self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
+        self.dropouts = [Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
         self.attention = BahdanauAttention(attention_units, self.bfloat16, name="attention")
         self.combine = keras.layers.Dense(units, activation="tanh", use_bias=False, name="combine")
-        self.attention_dropout = keras.layers.Dropout(dropout, name="attention_dropout")
-        self.output_dropout = keras.layers.Dropout(dropout, name="output_dropout")
+        self.attention_dropout = Dropout(dropout, name="attention_dropout")
+        self.output_dropout = Dropout(dropout, name="output_dropout")
         bfloat16 = resolve_bfloat16(output_bfloat16)  # the output layer's matmul (seq2seq/output.py)
         self.output_projection = (
             TiedOutput(self.embedding, units, output_pieces, bfloat16, name="tied_output")
@@ -90,14 +90,14 @@ class Decoder(keras.layers.Layer):
         of [steps, batch, features] per dropout layer rather than one per step. A dict of ``rnn``,
         a TensorArray per recurrent layer (None where no dropout follows it), and ``attention``,
         a TensorArray for the attentional layer's input (None unless ``dropout_placement`` is
-        ``attention_input``); each step multiplies by its [batch, features] (0, or 1 / (1 - rate)).
-        None outside training or without dropout."""
+        ``attention_input``); each step multiplies by its [batch, features] (0, or 1 / (1 - the
+        layer's ``drop_rate``)). None outside training or without dropout."""
         if not training or self.dropout == 0:
             return None
 
         def draw(layer, features):
-            ones = tf.ones(tf.stack([steps, batch, features]), self.compute_dtype)
-            return tf.TensorArray(self.compute_dtype, size=steps).unstack(layer(ones, training=True))
+            mask = layer.mask(tf.stack([steps, batch, features]), features, self.compute_dtype)
+            return tf.TensorArray(self.compute_dtype, size=steps).unstack(mask)
 
         rnn = [draw(self.dropouts[i + 1], self.units) if drops_after(i, self.num_layers, self.dropout_placement)
                else None for i in range(self.num_layers)]

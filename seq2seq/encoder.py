@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from seq2seq import recurrent
-from seq2seq.layers import RNN_LAYERS, GateNorm, WordDropout, drops_after, embedding, track
+from seq2seq.layers import RNN_LAYERS, Dropout, GateNorm, WordDropout, drops_after, embedding, track
 from seq2seq.precision import resolve_bfloat16
 from seq2seq.tokenizer import PAD_ID
 
@@ -37,7 +37,7 @@ class Encoder(keras.layers.Layer):
         self.norms = [track(self, f"norm_{i}", [GateNorm(recurrent.GATES[cell], units, name=f"norm_{i}_{d}")
                                                 for d in directions]) if layer_norm else None
                       for i in range(num_layers)]
-        self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
+        self.dropouts = [Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
 
     @property
     def output_dim(self):

@@ -27,6 +27,45 @@ def embedding(vocab_size, embedding_dim, mask_zero=False, stddev=1.0):
                                   embeddings_initializer=keras.initializers.RandomNormal(stddev=stddev))
 
 
+class Dropout(keras.layers.Dropout):
+    """Keras's ``Dropout`` (without ``noise_shape``) whose mask takes 8 random bits an element,
+    one byte of a uniform 32-bit draw, rather than a float32 uniform draw each: a quarter of
+    the random numbers. The rate is rounded to a multiple of 1/256 (``drop_rate``), at most
+    255/256; the kept elements are scaled by 1 / (1 - ``drop_rate``)."""
+
+    LEVELS = 256  # the values of a random byte
+    BYTES = 4  # random bytes in a 32-bit draw
+
+    @property
+    def dropped_levels(self):
+        return min(round(self.rate * self.LEVELS), self.LEVELS - 1)
+
+    @property
+    def drop_rate(self):
+        return self.dropped_levels / self.LEVELS
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0:
+            return inputs
+        return inputs * self.mask(tf.shape(inputs), inputs.shape[-1], inputs.dtype)
+
+    def mask(self, shape, features, dtype):
+        """A mask to multiply by: float ``dtype`` of ``shape`` (int32 [rank]), 0 with probability
+        ``drop_rate``, else 1 / (1 - ``drop_rate``); ``features``: shape's last size, if known."""
+        if features and features % self.BYTES == 0:
+            draw_shape, flat = tf.concat([shape[:-1], [features // self.BYTES]], 0), False
+        else:
+            draw_shape, flat = [(tf.reduce_prod(shape) + self.BYTES - 1) // self.BYTES], True
+        words = tf.random.stateless_uniform(draw_shape, self.seed_generator.next(), minval=None, maxval=None,
+                                            dtype=tf.uint32)
+        levels = tf.bitcast(words, tf.uint8)  # [..., BYTES]: each word's bytes
+        if flat:
+            levels = tf.reshape(levels, [-1])[: tf.reduce_prod(shape)]
+        keep = tf.reshape(levels, shape) >= self.dropped_levels
+        scale = self.LEVELS / (self.LEVELS - self.dropped_levels)
+        return tf.where(keep, tf.constant(scale, dtype), tf.constant(0, dtype))
+
+
 class WordDropout(keras.layers.Layer):
     """Word dropout (Gal and Ghahramani 2016; Sennrich and Zhang 2019): in training, every token's
     embedding is zeroed whole with probability ``rate`` and the kept ones are scaled by

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from seq2seq.attention import batched_matmul
-from seq2seq.layers import WordDropout
+from seq2seq.layers import Dropout, WordDropout
 from seq2seq.model import BahdanauAttention, Encoder, Seq2Seq
 from seq2seq.optimization import sequence_loss
 
@@ -138,6 +138,30 @@ def test_word_dropout_zeroes_whole_tokens_only_in_training(shape):
     np.testing.assert_allclose(dropped[~zero], x.numpy()[~zero] / 0.7, rtol=1e-6)
     np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
     assert not np.array_equal(layer(x, training=True).numpy(), dropped)  # a new draw each call
+
+
+@pytest.mark.parametrize("rate, shape", [(0.3, (40, 30, 256)), (0.5, (501, 7)), (0.999, (64, 1000))])
+def test_dropout_mask_from_random_bytes(rate, shape):
+    layer = Dropout(rate, seed=3)
+    assert layer.drop_rate == min(round(rate * 256), 255) / 256
+    x = tf.random.normal(shape) + 5.0  # no zeros of its own
+    dropped = tf.function(lambda x: layer(x, training=True))(x).numpy()
+    zero = dropped == 0
+    assert zero.mean() == pytest.approx(layer.drop_rate, abs=0.01)
+    np.testing.assert_allclose(dropped[~zero], x.numpy()[~zero] / (1 - layer.drop_rate), rtol=1e-6)
+    assert abs(np.corrcoef(zero[:-1].ravel(), zero[1:].ravel())[0, 1]) < 0.02  # no pattern across rows
+    for byte in range(4):  # each byte of a random word drops as often
+        assert zero.ravel()[byte::4].mean() == pytest.approx(layer.drop_rate, abs=0.015)
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
+    assert not np.array_equal(layer(x, training=True).numpy(), dropped)  # a new draw each call
+    again = Dropout(rate, seed=3)
+    np.testing.assert_array_equal(tf.function(lambda x: again(x, training=True))(x).numpy(), dropped)  # seeded
+
+
+def test_every_dropout_of_the_model_draws_random_bytes():
+    model = _model()
+    dropouts = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Dropout)]
+    assert len(dropouts) >= 4 and all(isinstance(layer, Dropout) for layer in dropouts)
 
 
 def test_word_dropout_in_the_model_changes_training_not_inference():
