@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from seq2seq import precision, recurrent
 from seq2seq.attention import BahdanauAttention
-from seq2seq.loop_products import LoopProducts, Product, stopped
+from seq2seq.loop_products import LoopProducts, Product, Steps, stopped
 from seq2seq.layers import Dropout, GateNorm, WordDropout, call_with_weights, drops_after, embedding, rnn_layer, track
 from seq2seq.output import OutputProjection, TiedOutput
 from seq2seq.precision import resolve_bfloat16
@@ -282,11 +282,11 @@ class Decoder(keras.layers.Layer):
 
     def _call_stepwise(self, projected, state, memory, training, step_weights, feed_rows=None):
         # The embeddings and their share of the first layer's input projection are computed
-        # for every step before the loop and read from a TensorArray: in the loop, the
+        # for every step before the loop and popped from a list (``loop_products.Steps``): in the loop, the
         # backward pass of a lookup, or of a slice of a tensor from outside the loop, makes a
         # dense gradient of that whole tensor at every step, summed over the steps.
         steps, batch = tf.shape(projected)[1], tf.shape(projected)[0]
-        inputs = tf.TensorArray(projected.dtype, size=steps).unstack(tf.transpose(projected, [1, 0, 2]))
+        inputs = Steps(tf.reverse(tf.transpose(projected, [1, 0, 2]), [0]))  # popped step by step, last first
         masks = self._step_masks(steps, batch, memory["values"].shape[-1], training)
         products = None
         if training:  # the loop multiplies by kernels whose gradients ``products`` makes after it
@@ -298,17 +298,22 @@ class Decoder(keras.layers.Layer):
         weights = tf.TensorArray(self.compute_dtype, size=steps)
         recorded = products.arrays() if products else {}
 
-        def body(t, state, outputs, weights, recorded):
+        def body(t, state, outputs, weights, recorded, pending):
             step_masks = masks and tf.nest.map_structure(lambda mask: mask if mask is None else mask.read(t), masks)
-            loop = {"probes": products.probes(t), "inputs": {}} if products else None
-            attentional, new_state, w = self._step_projected(inputs.read(t), state, memory, training, step_weights,
+            loop = None
+            if products:
+                probes, recorded = products.probes(recorded)
+                loop = {"probes": probes, "inputs": {}}
+            pending, projected = inputs.pop(pending)
+            attentional, new_state, w = self._step_projected(projected, state, memory, training, step_weights,
                                                              masks=step_masks, loop=loop)
+            outputs = outputs.write(t, attentional)
             if products:  # the attention weights are the context product's recorded inputs
-                return t + 1, new_state, outputs.write(t, attentional), weights, products.record(recorded, t, loop["inputs"])
-            return t + 1, new_state, outputs.write(t, attentional), weights.write(t, w), recorded
+                return t + 1, new_state, outputs, weights, products.record(recorded, t, loop["inputs"]), pending
+            return t + 1, new_state, outputs, weights.write(t, w), recorded, pending
 
-        _, _, outputs, weights, recorded = tf.while_loop(
-            lambda t, *_: t < steps, body, (tf.constant(0), state, outputs, weights, recorded))
+        _, _, outputs, weights, recorded, _ = tf.while_loop(
+            lambda t, *_: t < steps, body, (tf.constant(0), state, outputs, weights, recorded, inputs.initial))
         if products:
             products.finish(recorded)
             return tf.transpose(outputs.stack(), [1, 0, 2]), tf.transpose(products.inputs("context"), [1, 0, 2])

@@ -8,12 +8,18 @@ slower than a float32 one. Summed over the steps it is ``Xᵀ dY`` for the stack
 output gradients, one large product.
 
 ``LoopProducts`` gets that product. Inside the loop each product multiplies by its kernel with
-the gradient stopped and adds a zero "probe" read from a TensorArray at the step; the probe's
-gradient, which the backward loop writes step by step, is the product's output gradient
+the gradient stopped and adds a zero "probe" popped from a list at the step (``pop``); the
+probe's gradient, which the backward loop pushes step by step, is the product's output gradient
 ``dy_t``. The loop records each product's input ``x_t``. A custom gradient on the probes' zeros
 gets the stacked ``dY`` and makes each weight's gradient from it and the recorded ``X`` in one
 product, for float32 weights in float32 (from bfloat16 operands where the loop multiplies in
 bfloat16, as in the loop). The gradients equal the loop's own up to the order of the sums.
+
+A loop reads each step's inputs the same way, popped from a list (``Steps``) rather
+than read from a TensorArray: the gradient of a ``TensorArray`` read in a loop is an addition of
+two whole lists at every step of the backward loop, which starts from a zero-filled list the size
+of the inputs; a pop's gradient is a push. A list pops its last element first, so it holds the
+steps last first; the probes' lists and the recorded inputs are in that order too.
 
 Three kinds of product (``Product.kind``):
   ``matrix``: x_t [batch, in] times a weight [in, out];
@@ -62,11 +68,11 @@ def _weight_gradient(kind, inputs, upstream, bfloat16):
 class LoopProducts:
     """The products of one differentiated time loop (see the module docstring).
 
-    Before the loop: ``LoopProducts(products, steps, dtype, bfloat16)``. In the loop body:
-    ``probes(t)`` (the step's zero probes, to add to each product's output) and
-    ``record(arrays, t, inputs)`` (the step's products' inputs), with ``arrays()`` among the
-    loop variables. After the loop: ``finish(arrays)``. Then differentiating through the loop
-    gives each weight its gradient once.
+    Before the loop: ``LoopProducts(products, steps, dtype, bfloat16)``. In the loop body, with
+    ``arrays()`` among the loop variables: ``probes(arrays)`` (the step's zero probes, to add to
+    each product's output) and ``record(arrays, t, inputs)`` (the step's products' inputs). After
+    the loop: ``finish(arrays)``. Then differentiating through the loop gives each weight its
+    gradient once.
     """
 
     def __init__(self, products, steps, dtype, bfloat16):
@@ -75,7 +81,7 @@ class LoopProducts:
         self._inputs = None  # the stacked inputs, set by ``finish``
         zeros = [tf.zeros(tf.stack([steps] + list(p.output_shape)), dtype) for p in self.products.values()]
         probes = self._hook(*zeros, *[p.weight for p in self.products.values()])
-        self._probes = {name: tf.TensorArray(dtype, size=steps).unstack(z) for name, z in zip(self.names, probes)}
+        self._probes = {name: Steps(z) for name, z in zip(self.names, probes)}  # zeros: in any order
 
     def _hook(self, *tensors):
         """The probes' zeros unchanged; their gradient (the stacked ``dY``) makes the weights'."""
@@ -95,25 +101,31 @@ class LoopProducts:
         return hook(*tensors)
 
     def arrays(self):
-        """The TensorArrays that record the products' inputs, one per product: a loop variable.
-        They hold the inputs' bits (``_bits``)."""
-        return {name: tf.TensorArray(_BITS[self.dtype], size=self.steps) for name in self.names}
+        """A loop variable: ``probes``, each product's list of probes to pop (``Steps``), and
+        ``recorded``, the TensorArrays that record the products' inputs, last step first, as
+        bits (``_bits``)."""
+        return {"probes": {name: steps.initial for name, steps in self._probes.items()},
+                "recorded": {name: tf.TensorArray(_BITS[self.dtype], size=self.steps) for name in self.names}}
 
-    def probes(self, t):
-        """Step ``t``'s zero probes, {name: float [output_shape]}."""
-        return {name: probe.read(t) for name, probe in self._probes.items()}
+    def probes(self, arrays):
+        """(the step's zero probes {name: float [output_shape]}, ``arrays`` with them popped)."""
+        popped = {name: self._probes[name].pop(probes) for name, probes in arrays["probes"].items()}
+        return ({name: probe for name, (_, probe) in popped.items()},
+                {**arrays, "probes": {name: rest for name, (rest, _) in popped.items()}})
 
     def record(self, arrays, t, inputs):
-        """``arrays`` with step ``t``'s inputs written: ``inputs`` {name: x_t} for every product."""
-        return {name: arrays[name].write(t, _bits(tf.cast(inputs[name], self.dtype))) for name in self.names}
+        """``arrays`` with step ``t``'s inputs recorded: ``inputs`` {name: x_t} for every product."""
+        at = self.steps - 1 - t  # last step first, as the probes' gradients come
+        return {**arrays, "recorded": {name: arrays["recorded"][name].write(at, _bits(tf.cast(inputs[name], self.dtype)))
+                                       for name in self.names}}
 
     def finish(self, arrays):
-        """Takes the recorded inputs (the loop's ``arrays`` after it), stacked [time, ...]."""
-        self._inputs = {name: tf.bitcast(array.stack(), self.dtype) for name, array in arrays.items()}
+        """Takes the recorded inputs (the loop's ``arrays`` after it), stacked [time, ...] last step first."""
+        self._inputs = {name: tf.bitcast(array.stack(), self.dtype) for name, array in arrays["recorded"].items()}
 
     def inputs(self, name):
-        """A product's recorded inputs, stacked [time, ...] (after ``finish``)."""
-        return self._inputs[name]
+        """A product's recorded inputs, stacked [time, ...] in time order (after ``finish``)."""
+        return tf.reverse(self._inputs[name], [0])
 
 
 def _bits(x):
@@ -121,6 +133,23 @@ def _bits(x):
     and no gradient reaches: a list of floats would make the loop's backward pass start from a
     zero-filled copy of it. ``tf.bitcast(_bits(x), x.dtype)`` is ``x``."""
     return tf.bitcast(x, _BITS[x.dtype])
+
+
+class Steps:
+    """A time loop's inputs, one popped at each step (see the module docstring): before the loop
+    ``Steps(last_first)``, float [time, ...], the steps' inputs stacked last step first, and
+    ``initial`` among the loop variables; in the body ``pop(steps)`` -> (the rest, the step's input)."""
+
+    def __init__(self, last_first):
+        self.shape, self.dtype = last_first.shape[1:], last_first.dtype
+        self._element_shape = tf.shape(last_first)[1:]
+        self.initial = tf.raw_ops.TensorListFromTensor(tensor=last_first, element_shape=self._element_shape)
+
+    def pop(self, steps):
+        rest, step = tf.raw_ops.TensorListPopBack(input_handle=steps, element_shape=self._element_shape,
+                                                  element_dtype=self.dtype)
+        step.set_shape(self.shape)
+        return rest, step
 
 
 def stopped(weight, bfloat16, dtype):

@@ -26,7 +26,7 @@ before the time loop where the whole input is known.
 import tensorflow as tf
 
 from seq2seq import precision
-from seq2seq.loop_products import LoopProducts, Product, stopped
+from seq2seq.loop_products import LoopProducts, Product, Steps, stopped
 
 _KINDS = {"GRUCell": "gru", "LSTMCell": "lstm", "SimpleRNNCell": "rnn"}
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # blocks of ``units`` in a projection
@@ -190,8 +190,9 @@ def run(cells, projected, mask=None, initial_states=None, norms=None, bfloat16=F
     if norms is not None:
         projected = [normalize_inputs(norm, p) for norm, p in zip(norms, projected)]
     kind, dtype, units = cell_kind(cells[0]), projected[0].dtype, cells[0].units
-    # [time, directions, batch, ...]; the backward direction reads the steps in reverse.
-    inputs = [_time_major(projected[0])] + ([tf.reverse(_time_major(projected[1]), [0])] if two else [])
+    # [time, directions, batch, ...], last step first (``loop_products.Steps``); the backward
+    # direction reads the steps in reverse.
+    inputs = [tf.reverse(_time_major(projected[0]), [0])] + ([_time_major(projected[1])] if two else [])
     inputs = tf.stack(inputs, 1)
     if mask is None:
         mask = tf.ones(tf.shape(projected[0])[:2], tf.bool)
@@ -217,22 +218,26 @@ def run(cells, projected, mask=None, initial_states=None, norms=None, bfloat16=F
     if training:
         shape = [len(cells), tf.shape(inputs)[2], inputs.shape[-1]]
         products = LoopProducts({"recurrent": Product(weight, "stacked", shape)}, steps, dtype, bfloat16)
-    input_array = tf.TensorArray(dtype, size=steps).unstack(inputs)
+    step_inputs = Steps(inputs)
     mask_array = tf.TensorArray(tf.bool, size=steps).unstack(masks)
     outputs = tf.TensorArray(dtype, size=steps)
     recorded = products.arrays() if products else {}
 
-    def body(t, states, outputs, recorded):
+    def body(t, states, outputs, recorded, pending):
         keep = mask_array.read(t)
-        probe = products.probes(t)["recurrent"] if products else None
-        output, new_states = step(kind, input_array.read(t), states, kernel, bias, norm, probe)
+        probe = None
+        if products:
+            probes, recorded = products.probes(recorded)
+            probe = probes["recurrent"]
+        pending, x = step_inputs.pop(pending)
+        output, new_states = step(kind, x, states, kernel, bias, norm, probe)
         if products:
             recorded = products.record(recorded, t, {"recurrent": states[0]})
         states = [tf.where(keep, new, old) for new, old in zip(new_states, states)]
-        return t + 1, states, outputs.write(t, output), recorded
+        return t + 1, states, outputs.write(t, output), recorded, pending
 
-    _, states, outputs, recorded = tf.while_loop(lambda t, *_: t < steps, body,
-                                                 (tf.constant(0), states, outputs, recorded))
+    _, states, outputs, recorded, _ = tf.while_loop(lambda t, *_: t < steps, body,
+                                                    (tf.constant(0), states, outputs, recorded, step_inputs.initial))
     if products:
         products.finish(recorded)
     # Unstacked, not indexed: a strided slice's gradient is a scatter into zeros of the whole shape.

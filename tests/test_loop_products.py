@@ -119,6 +119,20 @@ def test_the_recorded_inputs_give_the_backward_loops_no_lists_of_zeros():
     assert zeroed == [], zeroed
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_the_backward_loops_build_no_list_a_step(variant):
+    """The steps' inputs and the probes are popped from lists: a pop's gradient pushes, where a
+    differentiable TensorArray read's gradient builds a whole list at every backward step (a
+    ``TensorListReserve``) and adds it to a running one."""
+    graph = _traced_gradients(_model(**VARIANTS[variant], **FLOAT32)).graph
+    backward = [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")
+                and op.name.endswith("_grad")]
+    assert len(backward) >= 2  # at least the encoder's and the decoder's (one a layer without input feeding)
+    for loop in backward:
+        body = graph._get_function(loop.get_attr("body").name).graph
+        assert [op.name for op in body.get_operations() if op.type == "TensorListReserve"] == [], loop.name
+
+
 def _past_identities(op):
     while op.type == "Identity":
         op = op.inputs[0].op
