@@ -8,18 +8,18 @@ slower than a float32 one. Summed over the steps it is ``Xᵀ dY`` for the stack
 output gradients, one large product.
 
 ``LoopProducts`` gets that product. Inside the loop each product multiplies by its kernel with
-the gradient stopped and adds a zero "probe" popped from a list at the step (``pop``); the
+the gradient stopped and adds a zero "probe" popped from a list at the step (``Steps``); the
 probe's gradient, which the backward loop pushes step by step, is the product's output gradient
 ``dy_t``. The loop records each product's input ``x_t``. A custom gradient on the probes' zeros
 gets the stacked ``dY`` and makes each weight's gradient from it and the recorded ``X`` in one
 product, for float32 weights in float32 (from bfloat16 operands where the loop multiplies in
 bfloat16, as in the loop). The gradients equal the loop's own up to the order of the sums.
 
-A loop reads each step's inputs the same way, popped from a list (``Steps``) rather
-than read from a TensorArray: the gradient of a ``TensorArray`` read in a loop is an addition of
-two whole lists at every step of the backward loop, which starts from a zero-filled list the size
-of the inputs; a pop's gradient is a push. A list pops its last element first, so it holds the
-steps last first; the probes' lists and the recorded inputs are in that order too.
+A loop takes each step's inputs the same way, popped from a list rather than read from a
+TensorArray: the gradient of a ``TensorArray`` read in a loop adds two whole lists at every step
+of the backward loop, starting from a zero-filled list the size of the inputs; a pop's gradient
+is a push. A list pops its last element first, so it holds the steps last first; the recorded
+inputs are kept in that order too, the order in which the probes' gradients arrive.
 
 Three kinds of product (``Product.kind``):
   ``matrix``: x_t [batch, in] times a weight [in, out];
