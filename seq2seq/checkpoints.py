@@ -15,7 +15,7 @@ from seq2seq import model_dir as md
 
 class TrainingState:
     """What a resumed run continues from, besides the model's and the optimizer's variables:
-    the epoch, the best validation BLEU and the validations since it, the step last validated and
+    the epoch and the batches of it already trained, the best validation BLEU and the validations since it, the step last validated and
     the step last averaged; and the checkpoint managers that save it.
 
     Every worker saves (as tf.distribute requires): the chief into the model directory, the
@@ -24,12 +24,15 @@ class TrainingState:
 
     def __init__(self, model, optimizer, learning_rate, loss_scale, write_dir, keep_checkpoints, average_last):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        # A checkpoint from before this counter existed restores none: its epoch starts over.
+        self.epoch_batches = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_batches")
         self.best_bleu = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_bleu")
         self.bad_validations = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_validations")
         self.last_validated = tf.Variable(-1, dtype=tf.int64, trainable=False, name="last_validated")
         self.averaged_at = tf.Variable(-1, dtype=tf.int64, trainable=False, name="averaged_at")
         self.iterations = optimizer.iterations
         state = dict(model=model, optimizer=optimizer, learning_rate=learning_rate, epoch=self.epoch,
+                     epoch_batches=self.epoch_batches,
                      best_bleu=self.best_bleu, bad_validations=self.bad_validations,
                      last_validated=self.last_validated, averaged_at=self.averaged_at)
         if loss_scale is not None:

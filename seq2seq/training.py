@@ -287,13 +287,17 @@ class Trainer:
         """Trains to the end of the epoch or to ``total_steps``; returns True if training must stop
         now (early stopping, or a signal)."""
         cfg, tcfg = self.config, self.config.training
-        epoch = int(self.state.epoch.numpy())
-        batches = iter(self.cluster.strategy.experimental_distribute_dataset(training_dataset(
-            self.corpus, self.tokenizer, tcfg, epoch, cfg.tokenizer)))
+        epoch, done = int(self.state.epoch.numpy()), int(self.state.epoch_batches.numpy())
+        dataset = training_dataset(self.corpus, self.tokenizer, tcfg, epoch, cfg.tokenizer)
+        if done:  # a run stopped within this epoch goes on with the epoch's next batch
+            dataset = dataset.skip(done)
+            log.info("epoch %d goes on after the %d batches of it trained before", epoch + 1, done)
+        batches = iter(self.cluster.strategy.experimental_distribute_dataset(dataset))
         if isinstance(self.train_step, PartsStep) and not self.train_step.traced:
             batches = self._first_batch_while_tracing(batches)
         for source, target in batches:
             loss, tokens = self.train_step(source, target)
+            self.state.epoch_batches.assign_add(1)
             loss = float(loss)
             step = self.step
             self.guard.update(step, loss, int(tokens))
@@ -319,6 +323,7 @@ class Trainer:
             if step >= total_steps:
                 return False
         self.state.epoch.assign_add(1)
+        self.state.epoch_batches.assign(0)
         progress.clear()
         log.info("epoch %d done: %s%s", epoch + 1, self.corpus_stats.describe(),
                  " (tokens of the best segmentation)" if cfg.tokenizer.sampling_alpha > 0 else "")

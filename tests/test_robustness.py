@@ -210,9 +210,9 @@ def test_sigkill_at_any_moment_loses_at_most_the_steps_since_the_last_checkpoint
     command = [sys.executable, "-c", KILL_INSIDE_SAVE, "--config", config, "--model-dir", model_dir]
     # (how to kill, when): after a log line appears, or inside a checkpoint write.
     # Saves at step 60 update state files 6 times (best, averaging, checkpoints: each before and
-    # after pruning): the 6th is the training checkpoint's pruning. A run resumed at step 60
-    # restarts its epoch, so its first saves are at the validation of step 120, where the 3rd
-    # update is the averaging copy's (after the best model's two).
+    # after pruning): the 6th is the training checkpoint's pruning. A run resumed at step 60 goes
+    # on with its epoch (85 batches), whose end saves the state at step 85 (2 updates), so the
+    # 3rd update is the best model's first at the validation of step 120.
     moments = [("line", "training SentencePiece"), ("line", "step 30/"), ("record", 6), ("record", 3),
                ("line", "validation at step 180")]
     resumed = []
@@ -234,9 +234,9 @@ def test_sigkill_at_any_moment_loses_at_most_the_steps_since_the_last_checkpoint
             assert f"at step {resume_step} (" in text, text
     resume_step = _latest_step(model_dir)
     # Nothing was saved before step 60; the kill while pruning at 60 kept checkpoint 60; the kill
-    # inside the saves of step 120 left checkpoint 60 the last complete one; the last kill came
-    # after the resumed epoch's end (60 + 85 batches) and before or after the save of step 180.
-    assert resumed == [0, 0, 0, 60, 60] and resume_step in (145, 180), (resumed, resume_step)
+    # inside the saves of step 120 left the epoch's end, 85, the last complete one; the last kill
+    # came after the next epoch's end (170) and before or after the save of step 180.
+    assert resumed == [0, 0, 0, 60, 85] and resume_step in (170, 180), (resumed, resume_step)
     final = subprocess.run([sys.executable, "train.py", "--config", config, "--model-dir", model_dir], cwd=ROOT,
                            capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stderr

@@ -128,6 +128,26 @@ def test_resumed_run_continues_step_count_and_best_score(toy_data, tmp_path):
     assert third.step == 180
 
 
+def test_a_run_stopped_within_an_epoch_goes_on_with_the_epochs_next_batch(toy_data, tmp_path):
+    # Stopped after 5 batches of the first epoch and resumed, a run trains on the batches of an
+    # uninterrupted run and ends with its weights; one that started the epoch over would train
+    # on its first 5 batches twice.
+    values = toy_config(toy_data, **{"training.max_steps": 12, "training.validate_every": 1000})
+    whole = Trainer(config_from_dict(values), str(tmp_path / "whole"))
+    whole.train()
+    stopped_dir = str(tmp_path / "stopped")
+    stopped = Trainer(config_from_dict(values, ["training.max_steps=5"]), stopped_dir)
+    stopped.train()
+    assert int(stopped.state.epoch.numpy()) == 0 and int(stopped.state.epoch_batches.numpy()) == 5
+    resumed = Trainer(config_from_dict(values), stopped_dir)
+    resumed.train()
+    assert resumed.step == 12 and int(resumed.state.epoch_batches.numpy()) == 12
+    assert "epoch 1 goes on after the 5 batches of it trained before" in open(
+        os.path.join(stopped_dir, "train.log")).read()
+    for ours, theirs in zip(resumed.model.weights, whole.model.weights):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=0, atol=1e-6, err_msg=ours.path)
+
+
 def test_early_stopping_after_patience_validations(toy_data, tmp_path):
     values = toy_config(toy_data, **{"training.max_steps": 400, "training.validate_every": 20,
                                      "training.patience": 2, "training.learning_rate": 1e-9})
