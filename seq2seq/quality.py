@@ -2,10 +2,10 @@
 
 Trains each config in ``QUALITY_CONFIGS`` into ``runs/NAME`` unless it has finished there
 (``train.py`` resumes, so a finished run costs nothing), translates test_2016_flickr with the
-config's own decoding settings and prints BLEU and chrF with sacreBLEU's signatures. Then the
-ensemble line: ``ENSEMBLE_CONFIG`` trained again with ``ENSEMBLE_SEEDS`` (``runs/NAME-seedK``,
-each with ``runs/NAME``'s SentencePiece model) and the members translating together
-(``translate.py --model`` once per member).
+config's own decoding settings and prints BLEU and chrF with sacreBLEU's signatures. Then an
+ensemble line for each of ``ENSEMBLE_CONFIGS``: the config trained again with ``ENSEMBLE_SEEDS``
+(``runs/NAME-seedK``, each with ``runs/NAME``'s SentencePiece model) and the members translating
+together (``translate.py --model`` once per member).
 """
 
 import os
@@ -14,7 +14,7 @@ import sys
 from seq2seq.bench import ROOT, read_json, run_measured
 
 QUALITY_CONFIGS = ("configs/multi30k_de_en.yaml", "configs/multi30k_en_de.yaml", "configs/bench_gru256.yaml")
-ENSEMBLE_CONFIG = "configs/multi30k_de_en.yaml"
+ENSEMBLE_CONFIGS = ("configs/multi30k_de_en.yaml", "configs/multi30k_en_de.yaml")
 ENSEMBLE_SEEDS = (1, 2, 3)  # besides the config's own seed: an ensemble of 4
 TEST_SET = "data/multi30k/test_2016_flickr"  # + the language suffix of the config's training files
 
@@ -44,9 +44,9 @@ def _translate(config, model_dirs, output_dir, label, test_set, log):
             "signatures": figures["signatures"]}
 
 
-def quality(log, configs=QUALITY_CONFIGS, ensemble_config=ENSEMBLE_CONFIG, ensemble_seeds=ENSEMBLE_SEEDS,
+def quality(log, configs=QUALITY_CONFIGS, ensemble_configs=ENSEMBLE_CONFIGS, ensemble_seeds=ENSEMBLE_SEEDS,
             runs="runs", test_set=TEST_SET):
-    """Trains (or resumes) and scores every config and the ensemble; returns {label: row}."""
+    """Trains (or resumes) and scores every config and every config's ensemble; returns {label: row}."""
     from seq2seq.config import load_config
     from seq2seq.model_dir import copy_tokenizer
 
@@ -58,7 +58,7 @@ def quality(log, configs=QUALITY_CONFIGS, ensemble_config=ENSEMBLE_CONFIG, ensem
         train_wall = _train(config_path, model_dir, log)
         results[name] = {**_translate(config, [model_dir], model_dir, name, test_set, log),
                          "train_command_wall_sec": round(train_wall, 1)}
-    if ensemble_config and ensemble_seeds:
+    for ensemble_config in ensemble_configs if ensemble_seeds else ():
         name = os.path.splitext(os.path.basename(ensemble_config))[0]
         config = load_config(os.path.join(ROOT, ensemble_config))
         members = [os.path.join(runs, name)]

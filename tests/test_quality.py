@@ -13,7 +13,7 @@ def test_quality_trains_scores_and_ensembles_seeds(toy_data, tmp_path, capsys):
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump(toy_config(toy_data, **{"training.max_steps": 300})))
     runs = tmp_path / "runs"
-    results = quality(lambda message: None, configs=(str(config),), ensemble_config=str(config),
+    results = quality(lambda message: None, configs=(str(config),), ensemble_configs=(str(config),),
                       ensemble_seeds=(7,), runs=str(runs), test_set=f"{toy_data}/valid")
     assert list(results) == ["toy", "toy ×2"]
     single, ensemble = results["toy"], results["toy ×2"]
