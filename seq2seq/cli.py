@@ -19,7 +19,7 @@ from seq2seq.config import fine_tuning_config, load_config
 from seq2seq.corpus import check_data, count_lines, is_gzip, read_lines
 from seq2seq.errors import DataError, UserError, run_cli
 from seq2seq.model_dir import check_ensemble_weights, check_shared_tokenizers, check_trained, read_model_config
-from seq2seq.runtime import import_tensorflow, share_cores
+from seq2seq.runtime import exec_with_jemalloc, import_tensorflow, share_cores
 from seq2seq.tokenizer import EarlyTraining
 
 TRANSLATE_USAGE = """Translates text with a trained model, one output line per input line, in input order.
@@ -353,7 +353,10 @@ def main(argv=None):
 
 
 def console():
-    """The ``seq2seq`` console command."""
+    """The ``seq2seq`` console command (on jemalloc where installed, but for ``bench``, whose
+    commands start their own processes and whose peer runs on the machine's own malloc)."""
+    if sys.argv[1:2] != ["bench"]:
+        exec_with_jemalloc()
     sys.exit(run_cli(main))
 
 

@@ -36,7 +36,7 @@ from seq2seq.model import Seq2Seq
 from seq2seq.optimization import make_optimizer, sequence_loss
 from seq2seq.parts import PartsStep, choose_parts
 from seq2seq.reporting import Progress, Reporter, log, setup_logging
-from seq2seq.runtime import share_cores
+from seq2seq.runtime import preloaded_allocator, share_cores
 from seq2seq.tokenizer import Tokenizer
 
 
@@ -240,6 +240,8 @@ class Trainer:
                      else "tensorflow-text's sampler, which takes no seed: two runs differ")
         log.info("model: %s, %s parameters; training to step %d", cfg.model.__dict__,
                  f"{self.model.count_params():,}", total_steps)
+        log.info("memory allocator: %s", preloaded_allocator() or "the C library's malloc (where jemalloc is installed, "
+                 "training runs on it: README, Install)")
         if self.parts > 1:
             log.info("each batch computed in %d parts at once (training.parallel_parts), %s intra-op thread(s) "
                      "each", self.parts, threads or "TensorFlow's")

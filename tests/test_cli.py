@@ -170,12 +170,15 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_a_rerun_resumes(toy_data, tmp_
     import time
 
     from conftest import ROOT
+    from seq2seq.runtime import find_jemalloc
 
     values = toy_config(toy_data, **{"training.max_steps": 100000, "training.validate_every": 100000,
                                      "training.log_every": 20})
     config, model_dir = write_yaml(tmp_path / "c.yaml", values), tmp_path / "m"
+    # The command starts again on jemalloc where it is installed: the signal reaches that process.
+    env = {name: value for name, value in os.environ.items() if name not in ("LD_PRELOAD", "SEQ2SEQ_ALLOCATOR")}
     process = subprocess.Popen([sys.executable, f"{ROOT}/train.py", "--config", config, "--model-dir",
-                                str(model_dir)], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                                str(model_dir)], stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     log = model_dir / "train.log"
     deadline = time.time() + 300
     while time.time() < deadline and not (log.exists() and "step 20/" in log.read_text()):
@@ -185,6 +188,8 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_a_rerun_resumes(toy_data, tmp_
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signum, stderr
     assert "Traceback" not in stderr
+    allocator = "jemalloc" if find_jemalloc() else "the C library's malloc"
+    assert f"memory allocator: {allocator}" in log.read_text()
     stopped = int(log.read_text().split(f"stopped by signal {int(signum)} at step ")[1].split(";")[0])
     assert stopped >= 20
     result = run_script("train.py", "--config", config, "--model-dir", str(model_dir), "--set",
