@@ -15,8 +15,9 @@ from seq2seq import model_dir as md
 
 class TrainingState:
     """What a resumed run continues from, besides the model's and the optimizer's variables:
-    the epoch and the batches of it already trained, the best validation BLEU and the validations since it, the step last validated and
-    the step last averaged; and the checkpoint managers that save it.
+    the epoch and the batches of it already trained, the best validation BLEU and the validations
+    since it, the step last validated and the step last averaged; and the checkpoint managers
+    that save it.
 
     Every worker saves (as tf.distribute requires): the chief into the model directory, the
     others into a scratch directory (``write_dir``) that is thrown away.
