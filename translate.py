@@ -6,8 +6,6 @@ import sys
 
 from seq2seq.cli import translate_main
 from seq2seq.errors import run_cli
-from seq2seq.runtime import exec_with_jemalloc
 
 if __name__ == "__main__":
-    exec_with_jemalloc()
     sys.exit(run_cli(translate_main))

@@ -353,9 +353,8 @@ def main(argv=None):
 
 
 def console():
-    """The ``seq2seq`` console command (on jemalloc where installed, but for ``bench``, whose
-    commands start their own processes and whose peer runs on the machine's own malloc)."""
-    if sys.argv[1:2] != ["bench"]:
+    """The ``seq2seq`` console command (``seq2seq train`` on jemalloc where it is installed)."""
+    if sys.argv[1:2] == ["train"]:
         exec_with_jemalloc()
     sys.exit(run_cli(main))
 

@@ -31,7 +31,7 @@ import tempfile
 from seq2seq.cli import require
 from seq2seq.errors import UserError, run_cli
 from seq2seq.model_dir import check_ensemble_weights, check_shared_tokenizers, read_model_config
-from seq2seq.runtime import exec_with_jemalloc, import_tensorflow
+from seq2seq.runtime import import_tensorflow
 
 SIGNATURE = "serving_default"
 SCORE_SIGNATURE = "score"
@@ -193,5 +193,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    exec_with_jemalloc()
     sys.exit(run_cli(main))

@@ -22,7 +22,7 @@ def preloaded_allocator(environ=None):
 
 
 def exec_with_jemalloc(environ=None, execv=os.execv):
-    """Starts this command again with jemalloc preloaded, where it is installed and the process
+    """Starts this training command again with jemalloc preloaded, where it is installed and the process
     runs on the C library's malloc; returns (having done nothing) otherwise, or where
     ``SEQ2SEQ_ALLOCATOR=system``. TensorFlow allocates every op's output tensor, some
     thousands of small tensors a training step, and a training step runs faster on jemalloc's

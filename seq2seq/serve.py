@@ -36,7 +36,7 @@ import time
 from seq2seq.cli import require
 from seq2seq.errors import UserError, run_cli
 from seq2seq.model_dir import read_model_config
-from seq2seq.runtime import exec_with_jemalloc, import_tensorflow, share_cores
+from seq2seq.runtime import import_tensorflow, share_cores
 from seq2seq.servable import DEFAULT_SIGNATURE
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -397,5 +397,4 @@ def serve(args, sock, path, version):
 
 
 if __name__ == "__main__":
-    exec_with_jemalloc()
     sys.exit(run_cli(main))
