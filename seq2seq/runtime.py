@@ -22,12 +22,12 @@ def preloaded_allocator(environ=None):
 
 
 def exec_with_jemalloc(environ=None, execv=os.execv):
-    """Starts this training command again with jemalloc preloaded, where it is installed and the process
-    runs on the C library's malloc; returns (having done nothing) otherwise, or where
+    """Starts this training command again with jemalloc preloaded, where it is installed and the
+    process runs on the C library's malloc; returns (having done nothing) otherwise, or where
     ``SEQ2SEQ_ALLOCATOR=system``. TensorFlow allocates every op's output tensor, some
     thousands of small tensors a training step, and a training step runs faster on jemalloc's
-    thread caches (docs/benchmarks.md). Call first thing in a command line's ``__main__``, before
-    it reads its input: the new process gets the same arguments, streams and process id."""
+    thread caches (docs/benchmarks.md; translation does not gain). Call first thing in the
+    training command's ``__main__``, before it reads its input: the new process gets the same arguments, streams and process id."""
     environ = os.environ if environ is None else environ
     if (environ.get(ALLOCATOR_VARIABLE, "jemalloc") == "system" or not sys.platform.startswith("linux")
             or preloaded_allocator(environ)):

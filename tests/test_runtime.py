@@ -1,4 +1,4 @@
-"""The command lines' process set-up: jemalloc preloaded by starting the command again."""
+"""The training command's process set-up: jemalloc preloaded by starting the command again."""
 
 import sys
 
