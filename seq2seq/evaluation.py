@@ -2,6 +2,7 @@
 weights; the best score, patience and learning-rate decay; and the guard that stops a diverged
 training."""
 
+import concurrent.futures
 import math
 
 import tensorflow as tf
@@ -16,7 +17,11 @@ from seq2seq.translate import Translator, score
 
 class Evaluator:
     """Scores a model on the validation set of ``config.data``: the teacher-forced loss and the
-    BLEU and chrF of its translations (``training.validation_beam_size``, greedy by default)."""
+    BLEU and chrF of its translations (``training.validation_beam_size``, greedy by default).
+
+    The loss's batches are computed as the translator searches: ``Translator.parallel_batches``
+    at once, each in its own thread (a training's cores are shared between threads that way:
+    ``runtime.share_cores``)."""
 
     def __init__(self, model, tokenizer, config):
         data, training = config.data, config.training
@@ -30,13 +35,20 @@ class Evaluator:
         self.loss_step = tf.function(lambda source, target: sequence_loss(model, source, target), input_signature=[
             tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)], autograph=False)
 
+    def warm_up(self):
+        """Compiles the loss and the search (each on one pair of the validation set), so that the
+        first validation finds them ready."""
+        source, target = self.batches[0]
+        self.loss_step(source[:1], target[:1])
+        self.translator.warm_up()
+
     def evaluate(self):
         """Returns (loss per target token, BLEU, chrF) of the model's current weights."""
         loss_sum = tokens = 0.0
-        for source, target in self.batches:
-            batch_loss, batch_tokens = self.loss_step(source, target)
-            loss_sum += float(batch_loss)
-            tokens += float(batch_tokens)
+        with concurrent.futures.ThreadPoolExecutor(self.translator.parallel_batches, "validation-loss") as pool:
+            for batch_loss, batch_tokens in pool.map(lambda batch: self.loss_step(*batch), self.batches):
+                loss_sum += float(batch_loss)
+                tokens += float(batch_tokens)
         hypotheses = self.translator.translate(self.sources)
         _, bleu, chrf = score(hypotheses, self.references)
         return loss_sum / max(tokens, 1.0), bleu.score, chrf.score

@@ -1,5 +1,7 @@
 """Process set-up shared by the command lines."""
 
+import atexit
+import gc
 import os
 import sys
 import tempfile
@@ -51,10 +53,18 @@ def import_tensorflow():
     Keras is imported here too, with ``matplotlib.pyplot`` hidden from it: Keras imports pyplot
     when it is imported, if it can, for an image gallery this package does not use, which costs
     every command a large share of its start-up; ``seq2seq.plots`` imports pyplot where it draws.
+
+    The objects of these modules (some hundred thousand) live as long as the process: the import
+    runs with the cyclic garbage collector off, and moves them to its permanent generation
+    (``gc.freeze``), so that no full collection later traverses them again; at exit, everything
+    is frozen before Python finalizes, which would otherwise collect the whole heap once more
+    while it tears the modules down (docs/benchmarks.md).
     """
     if "tensorflow" in sys.modules and "keras" in sys.modules:
         return sys.modules["tensorflow"]
     hidden = sys.modules.setdefault("matplotlib.pyplot", None) is None  # None: `import` raises ImportError
+    collecting = gc.isenabled()
+    gc.disable()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()
     saved = os.dup(2)
@@ -75,6 +85,10 @@ def import_tensorflow():
             os.close(saved)
             if hidden:
                 del sys.modules["matplotlib.pyplot"]
+            if collecting:
+                gc.enable()
+    gc.freeze()
+    atexit.register(gc.freeze)
     return tf
 
 

@@ -49,6 +49,7 @@ class Trainer:
         self.config, self.model_dir, self.init_from = config, model_dir, init_from
         self.tokenizer_training = tokenizer_training  # an EarlyTraining of the SentencePiece model(s), or None
         self.stop_signal = None
+        self.evaluator_warm_up = None  # a Future while the validation compiles in a thread
         self.train_loss = [0.0, 0]  # training loss sum and token count since the last validation
 
     @property
@@ -125,7 +126,7 @@ class Trainer:
         ``lr_decay_patience`` validations without progress."""
         self.guard.check_before_saving(self.step)
         started = time.time()
-        loss, bleu, chrf = self.evaluator.evaluate()
+        loss, bleu, chrf = self._evaluate()
         step, improved = self.step, self.stopping.update(bleu)
         self.state.last_validated.assign(step)
         learning_rate = float(self.optimizer.learning_rate.numpy())
@@ -157,7 +158,7 @@ class Trainer:
         if len(paths) < 2 or int(self.state.averaged_at.numpy()) == step:
             return
         average_weights(self.model, paths)
-        loss, bleu, chrf = self.evaluator.evaluate()
+        loss, bleu, chrf = self._evaluate()
         best_single = self.stopping.best
         improved = bleu > best_single
         steps = [checkpoint_step(p) for p in paths]
@@ -278,12 +279,23 @@ class Trainer:
 
     def _first_batch_while_tracing(self, batches):
         """``batches`` (an iterator), its first batch fetched in a thread while this one traces the
-        step: the shuffle buffer fills while Python traces."""
+        step: the shuffle buffer fills while Python traces. Then the validation is compiled in a
+        thread while the first steps train (their ops run outside Python)."""
         with concurrent.futures.ThreadPoolExecutor(1, "first-batch") as pool:
             first = pool.submit(next, batches, None)
             self.train_step.trace()
             first = first.result()
+        pool = concurrent.futures.ThreadPoolExecutor(1, "validation-warm-up")
+        self.evaluator_warm_up = pool.submit(self.evaluator.warm_up)
+        pool.shutdown(wait=False)
         return batches if first is None else itertools.chain([first], batches)
+
+    def _evaluate(self):
+        """``Evaluator.evaluate()``, once its warm-up (if one was started) is done."""
+        if self.evaluator_warm_up is not None:
+            self.evaluator_warm_up.result()
+            self.evaluator_warm_up = None
+        return self.evaluator.evaluate()
 
     def _train_epoch(self, progress, total_steps):
         """Trains to the end of the epoch or to ``total_steps``; returns True if training must stop

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import keras
 import numpy as np
@@ -12,6 +13,7 @@ import tensorflow as tf
 
 from conftest import ROOT, toy_config
 from seq2seq.config import ConfigError, config_from_dict
+from seq2seq.evaluation import Evaluator
 from seq2seq.model import Seq2Seq
 from seq2seq.optimization import sequence_loss
 from seq2seq.parts import PartsStep, choose_parts
@@ -144,10 +146,13 @@ def test_parts_draw_their_own_dropout_masks_and_runs_repeat():
         np.testing.assert_array_equal(a, b)
 
 
-def test_training_in_two_parts_follows_the_one_part_training(toy_data, tmp_path):
+def test_training_in_two_parts_follows_the_one_part_training(toy_data, tmp_path, monkeypatch):
     """The toy task, 40 steps without dropout from the same seed: the same losses (up to the
     order of floating-point sums) in one part and in two."""
-    losses = {}
+    losses, warm_ups = {}, []
+    warm_up = Evaluator.warm_up
+    monkeypatch.setattr(Evaluator, "warm_up", lambda self: warm_ups.append(threading.current_thread().name)
+                        or warm_up(self))
     for parts in (1, 2):
         values = toy_config(toy_data, **{"training.max_steps": 40, "training.validate_every": 40,
                                          "training.log_every": 10, "training.parallel_parts": parts})
@@ -155,6 +160,8 @@ def test_training_in_two_parts_follows_the_one_part_training(toy_data, tmp_path)
         trainer = Trainer(config_from_dict(values), model_dir)
         trainer.train()
         assert isinstance(trainer.train_step, PartsStep) == (parts == 2)
+        # In parts, the validation compiles in a thread of its own while the first steps train.
+        assert [name.split("_")[0] for name in warm_ups] == (["validation-warm-up"] if parts == 2 else [])
         with open(os.path.join(model_dir, "training.jsonl")) as f:
             losses[parts] = [json.loads(line)["loss"] for line in f]
         assert ("each batch computed in 2 parts" in open(os.path.join(model_dir, "train.log")).read()) == (parts == 2)

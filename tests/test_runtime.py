@@ -1,9 +1,12 @@
-"""The training command's process set-up: jemalloc preloaded by starting the command again."""
+"""The commands' process set-up: jemalloc preloaded by starting the training command again;
+TensorFlow imported with its objects out of the garbage collector's way."""
 
+import subprocess
 import sys
 
 import pytest
 
+from conftest import ROOT
 from seq2seq import runtime
 
 
@@ -60,3 +63,27 @@ def test_preloaded_allocator_names_the_malloc_replacement():
     assert runtime.preloaded_allocator({"LD_PRELOAD": "/a.so:/usr/lib/libjemalloc.so.2"}) == "jemalloc"
     assert runtime.preloaded_allocator({"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4"}) == "tcmalloc"
     assert runtime.preloaded_allocator({}) is None
+
+
+FROZEN_AT_EXIT = """
+import atexit, gc, sys
+atexit.register(lambda: print(gc.isenabled(), after_import, gc.get_freeze_count()))  # runs after the exit's freeze
+from seq2seq.runtime import import_tensorflow
+import_tensorflow()
+after_import = gc.get_freeze_count()
+kept = [[i] for i in range(50_000)]
+"""
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_tensorflow_is_imported_frozen_and_everything_is_frozen_before_python_finalizes(collecting):
+    """Python's finalization collects every object it can reach once more; TensorFlow's modules'
+    objects sit in the permanent generation from the import on, the rest from the exit on. The
+    collector is left as it was found."""
+    code = FROZEN_AT_EXIT if collecting else "import gc; gc.disable()" + FROZEN_AT_EXIT
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    enabled, after_import, at_exit = result.stdout.split()
+    assert enabled == str(collecting)
+    assert int(after_import) > 100_000  # TensorFlow's and Keras's objects
+    assert int(at_exit) > int(after_import) + 40_000  # the lists made after the import

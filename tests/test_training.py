@@ -11,6 +11,7 @@ from conftest import run_main, shipped_sections, toy, toy_config, write_yaml
 from seq2seq.checkpoints import average_weights
 from seq2seq.config import config_from_dict, load_config
 from seq2seq.dataset import decoder_inputs
+from seq2seq.evaluation import Evaluator
 from seq2seq.model import Seq2Seq
 from seq2seq.model_dir import TRAINING_HISTORY, load_model, read_history
 from seq2seq.optimization import FusedAdam, LearningRate, cross_entropy, sequence_loss
@@ -89,6 +90,16 @@ def test_layer_normalized_model_learns_the_toy_task(toy_data, tmp_path):
     hypotheses = Translator(model, tokenizer, config.translate).translate(sources)
     exact = np.mean([h == r for h, r in zip(hypotheses, references)])
     assert exact >= 0.95, list(zip(hypotheses, references))[:5]
+
+
+def test_validation_loss_is_the_token_mean_over_every_batch_computed_in_threads(trained_toy):
+    config, tokenizer, model = load_model(trained_toy)
+    evaluator = Evaluator(model, tokenizer, config)
+    sums = [evaluator.loss_step(source, target) for source, target in evaluator.batches]
+    assert len(sums) >= 3 and len({round(float(loss), 3) for loss, _ in sums}) >= 2
+    loss, bleu, _ = evaluator.evaluate()
+    assert loss == pytest.approx(sum(float(s) for s, _ in sums) / sum(float(n) for _, n in sums), rel=1e-6)
+    assert bleu > 90
 
 
 def test_model_directory_holds_everything(trained_toy):
