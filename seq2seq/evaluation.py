@@ -3,6 +3,7 @@ weights; the best score, patience and learning-rate decay; and the guard that st
 training."""
 
 import concurrent.futures
+import functools
 import math
 
 import tensorflow as tf
@@ -24,22 +25,31 @@ class Evaluator:
     ``runtime.share_cores``)."""
 
     def __init__(self, model, tokenizer, config):
-        data, training = config.data, config.training
-        self.model = model
-        valid = corpus(data, "valid")
-        self.batches = evaluation_batches(valid, tokenizer, training)
-        pairs = [(s, t) for _, s, t in valid.pairs()]
-        self.sources = [s for s, _ in pairs]
-        self.references = [t for _, t in pairs]
-        self.translator = Translator(model, tokenizer, config.translate, training.validation_beam_size)
+        self.model, self.tokenizer, self.training = model, tokenizer, config.training
+        self.valid = corpus(config.data, "valid")
+        self.translator = Translator(model, tokenizer, config.translate, self.training.validation_beam_size)
         self.loss_step = tf.function(lambda source, target: sequence_loss(model, source, target), input_signature=[
             tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)], autograph=False)
 
+    @functools.cached_property
+    def batches(self):
+        """The loss's batches (``evaluation_batches``), made when first needed: in the thread of
+        ``warm_up`` where the trainer starts one."""
+        return evaluation_batches(self.valid, self.tokenizer, self.training)
+
+    @functools.cached_property
+    def pairs(self):
+        """(sources, references): the validation set's lines, read when first needed."""
+        pairs = [(source, target) for _, source, target in self.valid.pairs()]
+        return [source for source, _ in pairs], [target for _, target in pairs]
+
     def warm_up(self):
-        """Compiles the loss and the search (each on one pair of the validation set), so that the
-        first validation finds them ready."""
-        source, target = self.batches[0]
-        self.loss_step(source[:1], target[:1])
+        """Reads the validation set and compiles the loss (on its first pair) and the search, so
+        that the first validation finds them ready."""
+        _ = self.pairs  # read here, not at the first validation
+        if self.batches:
+            source, target = self.batches[0]
+            self.loss_step(source[:1], target[:1])
         self.translator.warm_up()
 
     def evaluate(self):
@@ -49,8 +59,9 @@ class Evaluator:
             for batch_loss, batch_tokens in pool.map(lambda batch: self.loss_step(*batch), self.batches):
                 loss_sum += float(batch_loss)
                 tokens += float(batch_tokens)
-        hypotheses = self.translator.translate(self.sources)
-        _, bleu, chrf = score(hypotheses, self.references)
+        sources, references = self.pairs
+        hypotheses = self.translator.translate(sources)
+        _, bleu, chrf = score(hypotheses, references)
         return loss_sum / max(tokens, 1.0), bleu.score, chrf.score
 
 
