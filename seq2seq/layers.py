@@ -1,5 +1,8 @@
 """Small helpers shared by the encoder and the decoder."""
 
+import contextlib
+import threading
+
 import keras
 import tensorflow as tf
 
@@ -25,6 +28,39 @@ def embedding(vocab_size, embedding_dim, mask_zero=False, stddev=1.0):
     hundreds of steps on Multi30k (docs/benchmarks.md, "Why embeddings start N(0, 1)")."""
     return keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=mask_zero, name="embedding",
                                   embeddings_initializer=keras.initializers.RandomNormal(stddev=stddev))
+
+
+_bound = threading.local()  # .states: id(seed generator) -> the variable its draws read in this thread's trace
+
+
+@contextlib.contextmanager
+def seed_states(generators, variables):
+    """While a function is traced in this thread: the draws of ``generators`` (Keras
+    SeedGenerators) read and advance ``variables`` (int64 [2] ``tf.Variable``s, one each, the
+    traced function's arguments) instead of the generators' own states, so that one trace
+    serves several sets of states."""
+    _bound.states = dict(zip(map(id, generators), variables))
+    try:
+        yield
+    finally:
+        _bound.states = {}
+
+
+def next_seed(generator):
+    """``generator.next()``: the seed of one draw, int64 [2], the generator's counter moved on; from
+    the variable ``seed_states`` binds to it, where one is bound."""
+    state = getattr(_bound, "states", {}).get(id(generator))
+    if state is None:
+        return generator.next()
+    seed = state.read_value()
+    state.assign_add(tf.constant([0, 1], state.dtype))
+    return seed
+
+
+def stateless_seed(seed):
+    """An int64 [2] seed as TensorFlow's stateless random ops take it, int32 [2], folded as Keras
+    folds its seed generators' (so that a mask is the one ``keras.random.dropout`` draws)."""
+    return tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
 
 
 class Dropout(keras.layers.Dropout):
@@ -56,7 +92,7 @@ class Dropout(keras.layers.Dropout):
             draw_shape, flat = tf.concat([shape[:-1], [features // self.BYTES]], 0), False
         else:
             draw_shape, flat = [(tf.reduce_prod(shape) + self.BYTES - 1) // self.BYTES], True
-        words = tf.random.stateless_uniform(draw_shape, self.seed_generator.next(), minval=None, maxval=None,
+        words = tf.random.stateless_uniform(draw_shape, next_seed(self.seed_generator), minval=None, maxval=None,
                                             dtype=tf.uint32)
         levels = tf.bitcast(words, tf.uint8)  # [..., BYTES]: each word's bytes
         if flat:
@@ -83,7 +119,8 @@ class WordDropout(keras.layers.Layer):
             return x
         shape = tf.shape(x)
         noise_shape = [shape[axis] for axis in range(len(x.shape) - 1)] + [1]
-        return keras.random.dropout(x, self.rate, noise_shape=noise_shape, seed=self.seed_generator)
+        return tf.nn.experimental.stateless_dropout(x, self.rate, stateless_seed(next_seed(self.seed_generator)),
+                                                    noise_shape=noise_shape)
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate}

@@ -8,9 +8,10 @@ and applies their sum in one update: the update of the whole batch, as ``Trainer
 makes it (the summed token loss divided by the batch's token count, clipped by the global norm),
 up to the order of floating-point sums.
 
-Dropout: each part draws from its own copy of the model's seed generators (part 0 from the
-model's own, part k from copies whose seeds are offset by k), so the parts never race on a
-generator's state, draw different masks, and a run is reproducible from ``training.seed``.
+Dropout: each part draws from its own copy of the model's seed generators' states (part 0 from
+the model's own, part k from copies whose seeds are offset by k), so the parts never race on a
+generator's state, draw different masks, and a run is reproducible from ``training.seed``. The
+states are the part function's arguments (``layers.seed_states``): one trace serves every part.
 """
 
 import concurrent.futures
@@ -18,6 +19,7 @@ import concurrent.futures
 import keras
 import tensorflow as tf
 
+from seq2seq.layers import seed_states
 from seq2seq.optimization import sequence_loss
 from seq2seq.runtime import usable_cores
 from seq2seq.tokenizer import PAD_ID
@@ -71,38 +73,39 @@ class PartsStep:
                             name=f"part{k}_seed_state")
              for g in self.generators] for k in range(1, parts)]
         self._pool = concurrent.futures.ThreadPoolExecutor(parts, "training-part")
-        self._functions = [None] * parts
+        self._part_gradients = tf.function(self._gradients, autograph=False)
+        self._traced_gradients = None
         self._update = tf.function(self._apply, autograph=False)
-        self.traced = False  # every part's function and the update (``trace``)
+        self.traced = False  # the parts' function and the update (``trace``)
 
-    def _gradients(self, source, target):
-        """(gradients of the summed token loss, summed loss, token count) of one part."""
+    def _gradients(self, source, target, states):
+        """(gradients of the summed token loss, summed loss, token count) of one part, its dropout
+        drawing from ``states`` (one int64 [2] variable for each of the model's seed generators)."""
         variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
+        with seed_states(self.generators, states), tf.GradientTape() as tape:
             loss_sum, tokens = sequence_loss(self.model, _trimmed(source), _trimmed(target), True,
                                              self.label_smoothing)
         return tape.gradient(loss_sum, variables), loss_sum, tokens
 
-    def _function(self, k):
-        """Part k's compiled gradients, traced with the generators drawing from part k's states
-        (the trace binds them), one part at a time."""
-        if self._functions[k] is None:
+    def _states(self, k):
+        return [state.value for state in self.states[k]]  # the tf.Variables of part k's Keras variables
+
+    def part(self, k):
+        """Part k's compiled gradients: ``part(k)(source, target)`` -> (gradients, summed loss,
+        token count), its dropout drawing from part k's states. Traced on first use, once for all
+        parts."""
+        if self._traced_gradients is None:
             spec = tf.TensorSpec([None, None], tf.int32)
-            own = [g.state for g in self.generators]
-            try:
-                for generator, state in zip(self.generators, self.states[k]):
-                    generator.state = state
-                self._functions[k] = tf.function(self._gradients, autograph=False).get_concrete_function(spec, spec)
-            finally:
-                for generator, state in zip(self.generators, own):
-                    generator.state = state
-        return self._functions[k]
+            self._traced_gradients = self._part_gradients.get_concrete_function(spec, spec, self._states(0))
+        function, states = self._traced_gradients, self._states(k)
+        return lambda source, target: function(source, target, states)
 
     def trace(self):
-        """Traces every part's function and the update, before the first batch is there (tf.data
+        """Traces the parts' function and the update, before the first batch is there (tf.data
         fills its shuffle buffer in its own threads meanwhile); else the first step traces them."""
-        functions = [self._function(k) for k in range(self.parts)]
-        gradients, loss_sum, tokens = tf.nest.map_structure(tf.type_spec_from_value, functions[0].structured_outputs)
+        self.part(0)
+        gradients, loss_sum, tokens = tf.nest.map_structure(tf.type_spec_from_value,
+                                                            self._traced_gradients.structured_outputs)
         self._update.get_concrete_function([gradients] * self.parts, [loss_sum] * self.parts,
                                            [tokens] * self.parts)
         self.traced = True
@@ -126,9 +129,8 @@ class PartsStep:
     def __call__(self, source, target):
         rows = int(source.shape[0])
         count = min(self.parts, rows)
-        functions = [self._function(k) for k in range(count)]
         bounds = [rows * k // count for k in range(count + 1)]
-        futures = [self._pool.submit(function, source[start:end], target[start:end])
-                   for function, start, end in zip(functions, bounds, bounds[1:])]
+        futures = [self._pool.submit(self.part(k), source[start:end], target[start:end])
+                   for k, (start, end) in enumerate(zip(bounds, bounds[1:]))]
         gradients, loss_sums, token_counts = zip(*(future.result() for future in futures))
         return self._update(list(gradients), list(loss_sums), list(token_counts))

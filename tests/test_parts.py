@@ -99,11 +99,12 @@ def test_a_gradient_that_is_not_finite_makes_the_update_nan_as_clipping_does():
 
 
 def test_a_one_row_batch_is_one_part():
-    model = _model(0.0)
+    model = _model(0.4)
     step = PartsStep(model, keras.optimizers.SGD(0.1), 2, 0.0, clip_norm=1.0)
     loss, tokens = step(SOURCE[:1], TARGET[:1])
     assert tokens.numpy() == 3 and np.isfinite(loss.numpy())
-    assert step._functions[1] is None  # the second part was never needed
+    counters = [[int(state.numpy()[1]) for state in states] for states in step.states]
+    assert any(counters[0]) and not any(counters[1])  # the second part never drew: it never ran
 
 
 def test_tracing_before_the_first_batch_serves_the_steps_that_follow():
@@ -112,27 +113,28 @@ def test_tracing_before_the_first_batch_serves_the_steps_that_follow():
     step = PartsStep(model, optimizer, 2, 0.1, clip_norm=1.0)
     assert not step.traced
     step.trace()
-    assert step.traced and None not in step._functions
-    assert step._update.experimental_get_tracing_count() == 1
+    assert step.traced
+    assert step._update.experimental_get_tracing_count() == step._part_gradients.experimental_get_tracing_count() == 1
     for _ in range(2):
         step(SOURCE, TARGET)
-    assert step._update.experimental_get_tracing_count() == 1  # the update's trace was the one
-    gradients = step._function(0)(SOURCE, TARGET)[0]  # the embeddings' stay their looked-up rows
+    # The traces were the ones: the update's, and the parts' function's for both parts.
+    assert step._update.experimental_get_tracing_count() == step._part_gradients.experimental_get_tracing_count() == 1
+    gradients = step.part(0)(SOURCE, TARGET)[0]  # the embeddings' stay their looked-up rows
     assert [isinstance(g, tf.IndexedSlices) for g in gradients].count(True) == 2
 
 
 def test_parts_draw_their_own_dropout_masks_and_runs_repeat():
     step = PartsStep(_model(0.4), keras.optimizers.SGD(0.1), 2, 0.0, clip_norm=1.0)
     # The same sentences through each part's function: different masks, different losses.
-    first, second = (step._function(k)(SOURCE, TARGET)[1].numpy() for k in (0, 1))
+    first, second = (step.part(k)(SOURCE, TARGET)[1].numpy() for k in (0, 1))
     assert first != pytest.approx(second, rel=1e-4)
     # Each part's generators advanced their own counters, and no other part's.
     counters = [[int(state.numpy()[1]) for state in states] for states in step.states]
     assert any(c > 0 for c in counters[0]) and counters[0] == counters[1]
     # Without dropout both parts compute the same.
     plain = PartsStep(_model(0.0), keras.optimizers.SGD(0.1), 2, 0.0, clip_norm=1.0)
-    assert plain._function(0)(SOURCE, TARGET)[1].numpy() == pytest.approx(
-        plain._function(1)(SOURCE, TARGET)[1].numpy(), rel=1e-6)
+    assert plain.part(0)(SOURCE, TARGET)[1].numpy() == pytest.approx(
+        plain.part(1)(SOURCE, TARGET)[1].numpy(), rel=1e-6)
 
     def run():
         model = _model(0.4, seed=3)
