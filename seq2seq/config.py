@@ -65,6 +65,10 @@ class ModelConfig:
     # Word dropout: in training, each source and target input token's embedding is zeroed whole
     # with this probability (Sennrich and Zhang 2019), before the dropout above.
     word_dropout: float = 0.0
+    # Variational dropout (Gal and Ghahramani 2016): each dropout over a sequence (on the
+    # embeddings, after the recurrent layers, on the attentional layer's input or output) draws
+    # one mask per sentence, shared by all its time steps, instead of one per step.
+    variational_dropout: bool = False
     # Layer normalization (Ba et al. 2016) of each recurrent cell's input and recurrent
     # projections, gate by gate (seq2seq/recurrent.py).
     layer_norm: bool = False

@@ -37,7 +37,7 @@ class Decoder(keras.layers.Layer):
     def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, attention_units, input_feeding,
                  dropout, tie_embeddings=False, dropout_placement="attention_input", embedding_stddev=1.0,
                  output_bfloat16=False, word_dropout=0.0, layer_norm=False, output_pieces=None,
-                 recurrent_bfloat16=False, **kwargs):
+                 recurrent_bfloat16=False, variational_dropout=False, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.attention_units = num_layers, cell, attention_units
@@ -53,11 +53,12 @@ class Decoder(keras.layers.Layer):
         self.layer_norm = layer_norm  # each recurrent cell's projections layer-normalized (seq2seq.recurrent)
         self.norms = (track(self, "norm", [GateNorm(recurrent.GATES[cell], units, name=f"norm_{i}")
                                            for i in range(num_layers)]) if layer_norm else [None] * num_layers)
-        self.dropouts = [Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
+        self.variational_dropout = variational_dropout  # one mask per sentence for all its steps
+        self.dropouts = [Dropout(dropout, variational_dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
         self.attention = BahdanauAttention(attention_units, self.bfloat16, name="attention")
         self.combine = keras.layers.Dense(units, activation="tanh", use_bias=False, name="combine")
-        self.attention_dropout = Dropout(dropout, name="attention_dropout")
-        self.output_dropout = Dropout(dropout, name="output_dropout")
+        self.attention_dropout = Dropout(dropout, variational_dropout, name="attention_dropout")
+        self.output_dropout = Dropout(dropout, variational_dropout, name="output_dropout")
         bfloat16 = resolve_bfloat16(output_bfloat16)  # the output layer's matmul (seq2seq/output.py)
         self.output_projection = (
             TiedOutput(self.embedding, units, output_pieces, bfloat16, name="tied_output")
@@ -91,12 +92,17 @@ class Decoder(keras.layers.Layer):
         a TensorArray per recurrent layer (None where no dropout follows it), and ``attention``,
         a TensorArray for the attentional layer's input (None unless ``dropout_placement`` is
         ``attention_input``); each step multiplies by its [batch, features] (0, or 1 / (1 - the
-        layer's ``drop_rate``)). None outside training or without dropout."""
+        layer's ``drop_rate``); with ``variational_dropout``, the same at every step). None outside
+        training or without dropout."""
         if not training or self.dropout == 0:
             return None
 
         def draw(layer, features):
-            mask = layer.mask(tf.stack([steps, batch, features]), features, self.compute_dtype)
+            if self.variational_dropout:
+                mask = layer.mask(tf.stack([1, batch, features]), features, self.compute_dtype)
+                mask = tf.broadcast_to(mask, tf.stack([steps, batch, features]))
+            else:
+                mask = layer.mask(tf.stack([steps, batch, features]), features, self.compute_dtype)
             return tf.TensorArray(self.compute_dtype, size=steps).unstack(mask)
 
         rnn = [draw(self.dropouts[i + 1], self.units) if drops_after(i, self.num_layers, self.dropout_placement)
@@ -350,4 +356,5 @@ class Decoder(keras.layers.Layer):
                 "dropout_placement": self.dropout_placement, "embedding_stddev": self.embedding_stddev,
                 "output_bfloat16": self.output_bfloat16, "word_dropout": self.word_dropout.rate,
                 "layer_norm": self.layer_norm, "recurrent_bfloat16": self.recurrent_bfloat16,
+                "variational_dropout": self.variational_dropout,
                 "output_pieces": None if self.output_pieces is None else list(self.output_pieces)}

@@ -16,7 +16,7 @@ class Encoder(keras.layers.Layer):
 
     def __init__(self, vocab_size, embedding_dim, units, num_layers, cell, bidirectional, dropout,
                  dropout_placement="attention_input", embedding_stddev=1.0, word_dropout=0.0, layer_norm=False,
-                 recurrent_bfloat16=False, **kwargs):
+                 recurrent_bfloat16=False, variational_dropout=False, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.cell, self.bidirectional, self.dropout = num_layers, cell, bidirectional, dropout
@@ -37,7 +37,8 @@ class Encoder(keras.layers.Layer):
         self.norms = [track(self, f"norm_{i}", [GateNorm(recurrent.GATES[cell], units, name=f"norm_{i}_{d}")
                                                 for d in directions]) if layer_norm else None
                       for i in range(num_layers)]
-        self.dropouts = [Dropout(dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
+        self.variational_dropout = variational_dropout
+        self.dropouts = [Dropout(dropout, variational_dropout, name=f"dropout_{i}") for i in range(num_layers + 1)]
 
     @property
     def output_dim(self):
@@ -91,4 +92,4 @@ class Encoder(keras.layers.Layer):
                 "bidirectional": self.bidirectional, "dropout": self.dropout,
                 "dropout_placement": self.dropout_placement, "embedding_stddev": self.embedding_stddev,
                 "word_dropout": self.word_dropout.rate, "layer_norm": self.layer_norm,
-                "recurrent_bfloat16": self.recurrent_bfloat16}
+                "recurrent_bfloat16": self.recurrent_bfloat16, "variational_dropout": self.variational_dropout}

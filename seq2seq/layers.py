@@ -67,10 +67,18 @@ class Dropout(keras.layers.Dropout):
     """Keras's ``Dropout`` (without ``noise_shape``) whose mask takes 8 random bits an element,
     one byte of a uniform 32-bit draw, rather than a float32 uniform draw each: a quarter of
     the random numbers. The rate is rounded to a multiple of 1/256 (``drop_rate``), at most
-    255/256; the kept elements are scaled by 1 / (1 - ``drop_rate``)."""
+    255/256; the kept elements are scaled by 1 / (1 - ``drop_rate``).
+
+    ``variational``: on a sequence [batch, time, features], one mask per sequence, [batch, 1,
+    features], shared by all its time steps (Gal and Ghahramani 2016), instead of one per step;
+    inputs of another rank get one mask per element as without it."""
 
     LEVELS = 256  # the values of a random byte
     BYTES = 4  # random bytes in a 32-bit draw
+
+    def __init__(self, rate, variational=False, **kwargs):
+        super().__init__(rate, **kwargs)
+        self.variational = variational
 
     @property
     def dropped_levels(self):
@@ -83,7 +91,13 @@ class Dropout(keras.layers.Dropout):
     def call(self, inputs, training=False):
         if not training or self.rate == 0:
             return inputs
-        return inputs * self.mask(tf.shape(inputs), inputs.shape[-1], inputs.dtype)
+        shape = tf.shape(inputs)
+        if self.variational and len(inputs.shape) == 3:
+            shape = tf.stack([shape[0], 1, shape[2]])
+        return inputs * self.mask(shape, inputs.shape[-1], inputs.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "variational": self.variational}
 
     def mask(self, shape, features, dtype):
         """A mask to multiply by: float ``dtype`` of ``shape`` (int32 [rank]), 0 with probability

@@ -63,12 +63,13 @@ class Seq2Seq(keras.Model):
         self.bidirectional, self.bridge_from = o["bidirectional"], o["bridge"]
         self.encoder = Encoder(source_vocab_size, o["embedding_dim"], o["units"], o["encoder_layers"], o["cell"],
                                o["bidirectional"], o["dropout"], o["dropout_placement"], o["embedding_stddev"],
-                               o["word_dropout"], o["layer_norm"], o["recurrent_bfloat16"], name="encoder")
+                               o["word_dropout"], o["layer_norm"], o["recurrent_bfloat16"],
+                               o["variational_dropout"], name="encoder")
         self.decoder = Decoder(target_vocab_size, o["embedding_dim"], o["units"], o["decoder_layers"], o["cell"],
                                o["attention_units"] or o["units"], o["input_feeding"], o["dropout"],
                                o["tie_embeddings"], o["dropout_placement"], o["embedding_stddev"],
                                o["output_bfloat16"], o["word_dropout"], o["layer_norm"], output_pieces,
-                               o["recurrent_bfloat16"], name="decoder")
+                               o["recurrent_bfloat16"], o["variational_dropout"], name="decoder")
         # Bridge: each decoder layer's initial h = tanh(W · s), s the mean of the encoder outputs
         # (Nematus) or its last states, forward and backward (JoeyNMT).
         self.bridge = keras.layers.Dense(o["units"] * o["decoder_layers"], activation="tanh", name="bridge")

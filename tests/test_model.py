@@ -158,6 +158,39 @@ def test_dropout_mask_from_random_bytes(rate, shape):
     np.testing.assert_array_equal(tf.function(lambda x: again(x, training=True))(x).numpy(), dropped)  # seeded
 
 
+def test_variational_dropout_shares_one_mask_over_a_sequences_time_steps():
+    layer = Dropout(0.5, variational=True, seed=3)
+    x = tf.random.normal([64, 30, 16]) + 5.0  # no zeros of its own
+    dropped = tf.function(lambda x: layer(x, training=True))(x).numpy()
+    zero = dropped == 0
+    assert np.all(zero == zero[:, :1])  # one mask per sentence and feature, at every step
+    assert zero[:, 0].mean() == pytest.approx(0.5, abs=0.06)
+    assert not np.array_equal(zero[0, 0], zero[1, 0])  # sentences draw their own
+    np.testing.assert_allclose(dropped[~zero], x.numpy()[~zero] * 2, rtol=1e-6)
+    flat = layer(tf.random.normal([64, 16]) + 5.0, training=True).numpy() == 0  # not a sequence: per element
+    assert not np.all(flat == flat[:1]) and flat.mean() == pytest.approx(0.5, abs=0.06)
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
+    assert Dropout.from_config(layer.get_config()).variational
+
+
+def test_variational_dropout_in_the_model_keeps_a_units_drop_for_the_whole_sentence():
+    source = np.random.default_rng(0).integers(4, 40, (16, 30)).astype(np.int32)
+    for variational in (False, True):
+        model = _model(dropout=0.5, dropout_placement="all_outputs", variational_dropout=variational)
+        assert all(layer.variational == variational for layer in model._flatten_layers() if isinstance(layer, Dropout))
+        zero = model.encoder(source, training=True)[0].numpy() == 0  # the top layer's dropped units
+        assert zero.mean() == pytest.approx(0.5, abs=0.05)
+        assert np.all(zero == zero[:, :1]) == variational
+        embedded = model.decoder._embed(tf.constant(source), True).numpy() == 0
+        assert np.all(embedded == embedded[:, :1]) == variational
+        attentional = model.decoder.output_dropout(tf.ones([4, 6, 16]), training=True).numpy() == 0
+        assert np.all(attentional == attentional[:, :1]) == variational
+        rebuilt = Seq2Seq.from_config(model.get_config())
+        assert rebuilt.encoder.variational_dropout == rebuilt.decoder.variational_dropout == variational
+    inference = [_model(variational_dropout=v)((SOURCE, TARGET_IN), training=False).numpy() for v in (False, True)]
+    np.testing.assert_array_equal(inference[0], inference[1])
+
+
 def test_every_dropout_of_the_model_draws_random_bytes():
     model = _model()
     dropouts = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Dropout)]
@@ -401,10 +434,11 @@ def test_a_step_of_hypotheses_grouped_by_sentence_equals_a_step_over_tiled_memor
     assert not np.allclose(logits[0], logits[1])  # the rows of a group differ
 
 
+@pytest.mark.parametrize("variational", [False, True])
 @pytest.mark.parametrize("placement", ["attention_input", "all_outputs"])
-def test_teacher_forcing_draws_every_steps_dropout_masks_before_its_loop(placement):
+def test_teacher_forcing_draws_every_steps_dropout_masks_before_its_loop(placement, variational):
     # Two layers: dropout between them, and after the top one or at the attentional layer's input.
-    model = _model(dropout=0.5, dropout_placement=placement)
+    model = _model(dropout=0.5, dropout_placement=placement, variational_dropout=variational)
     decoder = model.decoder
     generators = [layer.seed_generator for layer in model._flatten_layers()
                   if isinstance(getattr(layer, "seed_generator", None), keras.random.SeedGenerator)]
@@ -421,7 +455,7 @@ def test_teacher_forcing_draws_every_steps_dropout_masks_before_its_loop(placeme
     for mask in present:
         assert set(np.unique(mask)) == {0.0, 2.0}  # dropped, or kept and scaled by 1 / (1 - 0.5)
         assert 0.3 < np.mean(mask == 0) < 0.7
-        assert not np.array_equal(mask[0], mask[1])  # a new mask at every step
+        assert np.all(mask == mask[0]) == variational  # the sentence's one mask at every step, or a new one
     # The loop multiplies step t by mask t: the same as stepping by hand with those masks.
     for generator, value in zip(generators, start):
         generator.state.assign(value)
