@@ -173,6 +173,29 @@ def test_layer_norm_normalizes_each_gate_block_then_scales_and_shifts():
                                _numpy_layer_norm(x.numpy(), scale.numpy(), shift.numpy(), 2), atol=1e-5)
 
 
+def _traced_layer_norm(x, scale, shift, gates):
+    """The normalization as TensorFlow's own ops, for autodiff to differentiate."""
+    blocks = tf.reshape(x, tf.concat([tf.shape(x)[:-1], [gates, x.shape[-1] // gates]], 0))
+    mean, variance = tf.nn.moments(blocks, axes=[-1], keepdims=True)
+    return tf.reshape((blocks - mean) * tf.math.rsqrt(variance + recurrent.EPSILON), tf.shape(x)) * scale + shift
+
+
+@pytest.mark.parametrize("x_shape, weight_shape", [((4, 3, 12), (12,)), ((2, 5, 12), (2, 1, 12)), ((6, 12), (12,))])
+def test_layer_norm_gradient_equals_autodiff_of_the_traced_ops(x_shape, weight_shape):
+    x = tf.random.normal(x_shape, mean=2.0, stddev=3.0, seed=1)
+    scale, shift = tf.random.normal(weight_shape, seed=2), tf.random.normal(weight_shape, seed=3)
+    upstream = tf.random.normal(x_shape, seed=4)
+    gradients = []
+    for layer_norm in (recurrent.layer_norm, _traced_layer_norm):
+        with tf.GradientTape() as tape:
+            tape.watch([x, scale, shift])
+            loss = tf.reduce_sum(layer_norm(x, scale, shift, 3) * upstream)
+        gradients.append(tape.gradient(loss, [x, scale, shift]))
+    for written, traced in zip(*gradients):
+        assert written.shape == traced.shape
+        np.testing.assert_allclose(written.numpy(), traced.numpy(), atol=2e-5)
+
+
 @pytest.mark.parametrize("cell", sorted(LAYERS))
 def test_layer_normalized_layer_matches_a_numpy_reference(cell, inputs):
     x, mask = inputs
