@@ -92,7 +92,7 @@ def layer_norm(x, scale, shift, gates):
     """Each gate's block of a projection normalized to mean 0 and variance 1, then ``* scale + shift``.
 
     The gradient is written out (``tf.custom_gradient``): with n the normalized blocks, g the
-    incoming gradient times ``scale`` and 1/sigma each block's inverse deviation, the input's is
+    incoming gradient times ``scale`` and sigma each block's standard deviation, the input's is
     ``(g - mean(g) - n * mean(g * n)) / sigma`` block by block, a few element-wise ops instead of
     the derivative of the mean and variance traced op by op, at every step of a time loop.
 
