@@ -102,6 +102,7 @@ class TrainingConfig:
     average_checkpoints: int = 0  # at the end, average the last N validated models; keep them if better
     clip_norm: float = 1.0
     label_smoothing: float = 0.1
+    rdrop: float = 0.0  # R-Drop's α: each batch runs twice, α/4 × their symmetric KL added (0: off)
     validate_every: int = 500  # steps
     patience: int = 5  # validations without a better BLEU before stopping
     validation_beam_size: int = 1  # beam size of the validation translations (1: greedy)
@@ -246,6 +247,7 @@ def _validate(config):
     require(tr.average_checkpoints >= 0, "training.average_checkpoints", "must be non-negative (0: off)")
     require(tr.clip_norm > 0, "training.clip_norm", "must be positive")
     require(0 <= tr.label_smoothing < 1, "training.label_smoothing", "must be in [0, 1)")
+    require(tr.rdrop >= 0, "training.rdrop", "must be non-negative (0: off)")
     require(tr.batch_tokens >= tr.max_length + 1, "training.batch_tokens",
             f"must hold at least one sentence of training.max_length + 1 = {tr.max_length + 1} tokens")
     require(tl.beam_size > 0, "translate.beam_size", "must be positive")
@@ -379,7 +381,6 @@ def languages(config):
                               "(name it like train.de-en.tsv)")
         return tuple(pair.split("-"))
     return suffix(config.data.train_source), suffix(config.data.train_target)
-
 
 
 def main(argv=None):

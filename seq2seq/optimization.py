@@ -53,24 +53,39 @@ def _smoothed_cross_entropy(labels, logits, label_smoothing):
     return loss_of(logits)
 
 
-def sequence_loss(model, source, target, training=False, label_smoothing=0.0):
+def sequence_loss(model, source, target, training=False, label_smoothing=0.0, rdrop=0.0):
     """The teacher-forced cross-entropy of a batch, summed over real target tokens. The output
     layer and the softmax run on those tokens only, not on padding (the output layer is the
     largest part of a training step).
+
+    With ``rdrop`` α > 0 (R-Drop, Liang et al. 2021), the batch runs twice in one pass, its rows
+    stacked on themselves, so the two copies draw different dropout masks; a token's loss is the
+    mean of its two cross-entropies plus α/4 (KL(p₁‖p₂) + KL(p₂‖p₁)) of its two output
+    distributions (the paper's CE₁ + CE₂ + α/2 (KL + KL), halved), and the token count is the
+    batch's own.
 
     Args:
       model: a ``Seq2Seq``.
       source, target: int32 [batch, len] batches padded with PAD_ID.
       label_smoothing: ε (see ``cross_entropy``).
+      rdrop: α, the weight of the two passes' symmetric KL divergence; 0: one pass.
     Returns:
       loss_sum: float32 scalar, the loss summed over real target tokens.
       tokens: float32 scalar, the number of real target tokens.
     """
+    if rdrop:
+        source, target = tf.concat([source, source], 0), tf.concat([target, target], 0)
     attentional = model.attentional((source, decoder_inputs(target)), training=training)
     real = tf.not_equal(target, PAD_ID)
     logits = model.output_logits(tf.boolean_mask(attentional, real), training=training)  # [tokens, output size]
     loss = cross_entropy(model.output_index(tf.boolean_mask(target, real)), logits, label_smoothing)
-    return tf.reduce_sum(loss), tf.cast(tf.size(loss), tf.float32)
+    if not rdrop:
+        return tf.reduce_sum(loss), tf.cast(tf.size(loss), tf.float32)
+    # The mask keeps the rows' order: the first copy's tokens, then the second's, the same ones.
+    first, second = tf.split(tf.nn.log_softmax(logits), 2)
+    divergence = tf.reduce_sum((tf.exp(first) - tf.exp(second)) * (first - second), -1)  # KL(p₁‖p₂) + KL(p₂‖p₁)
+    tokens = tf.cast(tf.size(loss) // 2, tf.float32)
+    return 0.5 * tf.reduce_sum(loss) + 0.25 * rdrop * tf.reduce_sum(divergence), tokens
 
 
 class LearningRate(keras.optimizers.schedules.LearningRateSchedule):

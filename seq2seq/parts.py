@@ -62,9 +62,9 @@ class PartsStep:
     """``step(source, target)`` -> (mean token loss, target token count) of one update on the
     batch (int32 [rows, len] each), computed in ``parts`` parts at once."""
 
-    def __init__(self, model, optimizer, parts, label_smoothing, clip_norm):
+    def __init__(self, model, optimizer, parts, label_smoothing, clip_norm, rdrop=0.0):
         self.model, self.optimizer, self.parts = model, optimizer, parts
-        self.label_smoothing, self.clip_norm = label_smoothing, clip_norm
+        self.label_smoothing, self.clip_norm, self.rdrop = label_smoothing, clip_norm, rdrop
         self.generators = [layer.seed_generator for layer in model._flatten_layers()
                            if isinstance(getattr(layer, "seed_generator", None), keras.random.SeedGenerator)]
         # Part k's copies of the generators' states ([seed, counter] each); part 0 uses the model's.
@@ -84,7 +84,7 @@ class PartsStep:
         variables = self.model.trainable_variables
         with seed_states(self.generators, states), tf.GradientTape() as tape:
             loss_sum, tokens = sequence_loss(self.model, _trimmed(source), _trimmed(target), True,
-                                             self.label_smoothing)
+                                             self.label_smoothing, self.rdrop)
         return tape.gradient(loss_sum, variables), loss_sum, tokens
 
     def _states(self, k):

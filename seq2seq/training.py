@@ -74,7 +74,7 @@ class Trainer:
             self.stopping = EarlyStopping(tcfg, self.state.best_bleu, self.state.bad_validations, self.learning_rate)
             if self.parts > 1:
                 self.train_step = PartsStep(self.model, self.optimizer, self.parts, tcfg.label_smoothing,
-                                            tcfg.clip_norm)
+                                            tcfg.clip_norm, tcfg.rdrop)
             else:
                 # One trace for every batch shape: the signature is the distributed batches' element spec.
                 batch_spec = (tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32))
@@ -97,7 +97,8 @@ class Trainer:
         context = tf.distribute.get_replica_context()
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            loss_sum, tokens = sequence_loss(self.model, source, target, True, self.config.training.label_smoothing)
+            loss_sum, tokens = sequence_loss(self.model, source, target, True, self.config.training.label_smoothing,
+                                             self.config.training.rdrop)
             global_tokens = context.all_reduce(tf.distribute.ReduceOp.SUM, tokens)
             loss = loss_sum / tf.maximum(global_tokens, 1.0)
             if self.loss_scale is not None:

@@ -51,6 +51,7 @@ def test_unknown_set_key_is_rejected():
     ({"training": {"max_steps": 2.5}}, "training.max_steps"),
     ({"tokenizer": {"joint": "yes"}}, "tokenizer.joint"),
     ({"training": {"label_smoothing": -0.1}}, "training.label_smoothing"),
+    ({"training": {"rdrop": -1}}, "training.rdrop"),
     ({"training": {"lr_decay_factor": 0}}, "training.lr_decay_factor"),
     ({"training": {"min_learning_rate": 0}}, "training.min_learning_rate"),
     ({"training": {"average_checkpoints": -1}}, "training.average_checkpoints"),

@@ -16,6 +16,7 @@ from seq2seq.model import Seq2Seq
 from seq2seq.model_dir import TRAINING_HISTORY, load_model, read_history
 from seq2seq.optimization import FusedAdam, LearningRate, cross_entropy, sequence_loss
 from seq2seq.profiling import SEARCH_GROUPS, _cuts, profile_search, profile_step, search_op_groups
+from seq2seq import training
 from seq2seq.training import Trainer
 from seq2seq.translate import Translator
 
@@ -59,6 +60,48 @@ def test_cross_entropy_loss_and_gradient_equal_the_fused_op_on_smoothed_targets(
     assert np.all(np.isfinite(gradient))
 
 
+def _rewinder(model):
+    """A function that sets the model's dropout seed generators back to their states now."""
+    generators = [layer.seed_generator for layer in model._flatten_layers()
+                  if isinstance(getattr(layer, "seed_generator", None), keras.random.SeedGenerator)]
+    states = [g.state.numpy() for g in generators]
+    return lambda: [g.state.assign(state) for g, state in zip(generators, states)]
+
+
+def test_rdrop_adds_the_symmetric_kl_of_two_dropout_passes_to_their_mean_cross_entropy():
+    keras.utils.set_random_seed(3)
+    model = Seq2Seq(12, 9, embedding_dim=8, units=8, dropout=0.4, word_dropout=0.2)
+    model.build_weights()
+    source = tf.constant([[4, 5, 6, 3], [7, 3, 0, 0], [8, 9, 3, 0]])
+    target = tf.constant([[4, 5, 3, 0], [6, 3, 0, 0], [7, 8, 6, 3]])
+    rewind = _rewinder(model)
+    loss, tokens = sequence_loss(model, source, target, True, 0.1, rdrop=2.0)
+    assert tokens.numpy() == 9  # the batch's own tokens, not the two copies'
+
+    rewind()  # the same dropout draws again, on the copies' stacked rows
+    twice, target_twice = tf.concat([source, source], 0), tf.concat([target, target], 0)
+    attentional = model.attentional((twice, decoder_inputs(target_twice)), training=True)
+    real = (target_twice != 0).numpy()
+    logits = model.output_logits(tf.boolean_mask(attentional, real), training=True)
+    logits = tf.scatter_nd(tf.where(real), logits, [6, 4, 9]).numpy()  # [rows, len, outputs] again
+    first, second, mask = logits[:3], logits[3:], real[:3]
+    smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1, reduction=None)
+    cross_entropy_sum = sum(smoothed(tf.one_hot(target, 9), copy).numpy()[mask].sum() for copy in (first, second))
+    p, q = tf.nn.softmax(first).numpy()[mask], tf.nn.softmax(second).numpy()[mask]
+    kl = (p * np.log(p / q)).sum() + (q * np.log(q / p)).sum()
+    assert kl > 1e-3  # the two copies drew different masks
+    np.testing.assert_allclose(loss.numpy(), 0.5 * cross_entropy_sum + 0.25 * 2.0 * kl, rtol=1e-5)
+
+
+def test_rdrop_without_dropout_is_the_plain_loss():
+    model = Seq2Seq(12, 9, embedding_dim=8, units=8, dropout=0.4)
+    model.build_weights()
+    source = tf.constant([[4, 5, 6, 3], [7, 3, 0, 0]])
+    target = tf.constant([[4, 5, 3, 0], [6, 3, 0, 0]])
+    plain = sequence_loss(model, source, target, False, 0.1)
+    np.testing.assert_allclose(sequence_loss(model, source, target, False, 0.1, rdrop=5.0), plain, rtol=1e-6)
+
+
 def test_label_smoothing_spreads_mass_over_the_vocabulary():
     logits = tf.math.log(tf.constant([[[0.97, 0.01, 0.01, 0.01]]]))
     target = tf.constant([[1]])
@@ -90,6 +133,21 @@ def test_layer_normalized_model_learns_the_toy_task(toy_data, tmp_path):
     hypotheses = Translator(model, tokenizer, config.translate).translate(sources)
     exact = np.mean([h == r for h, r in zip(hypotheses, references)])
     assert exact >= 0.95, list(zip(hypotheses, references))[:5]
+
+
+def test_a_model_trained_with_rdrop_learns_the_toy_task(toy_data, tmp_path, monkeypatch):
+    """R-Drop in the one-part step (the parts' step: tests/test_parts.py), with dropout to act on."""
+    weights = []  # the R-Drop weight of each traced loss
+    monkeypatch.setattr(training, "sequence_loss", lambda *args: weights.append(args[5]) or sequence_loss(*args))
+    model_dir = str(tmp_path / "model")
+    Trainer(config_from_dict(toy_config(toy_data, **{"training.rdrop": 1.0, "model.dropout": 0.1,
+                                                     "training.parallel_parts": 1})), model_dir).train()
+    assert weights and set(weights) == {1.0}
+    config, tokenizer, model = load_model(model_dir)
+    sources = open(f"{toy_data}/test.src").read().splitlines()
+    references = open(f"{toy_data}/test.tgt").read().splitlines()
+    hypotheses = Translator(model, tokenizer, config.translate).translate(sources)
+    assert np.mean([h == r for h, r in zip(hypotheses, references)]) >= 0.95, list(zip(hypotheses, references))[:5]
 
 
 def test_validation_loss_is_the_token_mean_over_every_batch_computed_in_threads(trained_toy):
